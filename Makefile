@@ -1,0 +1,26 @@
+# Two commands do all the set-up on a fresh machine (Python 3.10+ and make):
+#   make demo   virtual environment + package + the whole workflow on generated data
+#   make test   virtual environment + lint + the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO := artifacts/demo
+
+.PHONY: venv demo test lint clean-demo
+
+$(BIN)/activate: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(BIN)/activate
+
+venv: $(BIN)/activate
+
+lint: venv
+	$(BIN)/ruff check vesselseg tests
+
+test: venv lint
+	$(BIN)/python -m pytest -q
+
+demo: venv
+	$(BIN)/python -m vesselseg.demo --out $(DEMO)

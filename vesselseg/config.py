@@ -1,0 +1,173 @@
+"""Dataclass configs that are saved next to every output and can be reloaded exactly.
+
+Loading validates: an unknown key or a value of the wrong type is a ConfigError naming the key, so a
+typo in a config file never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+from .io import write_text_atomic
+
+ENHANCEMENTS = ("none", "clahe", "green_clahe")
+PRECISIONS = ("auto", "float32", "bfloat16", "mixed_float16")
+
+
+@dataclass
+class PreprocessConfig:
+    """How raw photos become model inputs; training, test and eval all apply the same one."""
+
+    size: int = 512
+    enhancement: str = "none"  # none | clahe (luminance) | green_clahe (green channel, gray)
+    crop_to_fov: bool = True  # crop to the FOV's bounding box before resizing
+    clahe_clip: float = 2.0
+    clahe_tiles: int = 8
+    val_fraction: float = 0.15
+    augment: int = 0  # offline augmented copies per training image
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.enhancement not in ENHANCEMENTS:
+            raise ConfigError(f"enhancement: {self.enhancement!r} is not one of {ENHANCEMENTS}")
+        if self.size < 32 or self.size % 32:
+            raise ConfigError(f"size: {self.size} must be a multiple of 32 (and at least 32)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction: {self.val_fraction} must be in [0, 1)")
+
+
+@dataclass
+class AugmentConfig:
+    """Online augmentation, applied identically to image, vessels and FOV."""
+
+    flips: bool = True
+    rot90: bool = True
+    rotation_degrees: float = 15.0
+    scale_range: float = 0.15  # zoom factor in [1 - r, 1 + r]
+    brightness: float = 0.15
+    contrast: float = 0.25
+    gamma: float = 0.25
+    hue: float = 0.03
+    saturation: float = 0.2
+    blur_probability: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; saved as config.json in the run folder."""
+
+    data: str = "data/preprocessed"
+    run_name: str = "unet"
+    runs_dir: str = "artifacts/runs"
+    architecture: str = "unet"
+    base_filters: int = 16
+    depth: int = 4
+    batch_norm: bool = True
+    dropout: float = 0.0
+    loss: str = "dice"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    loss_balance: float = 0.5  # weight of the first term in combined losses
+    epochs: int = 100
+    steps_per_epoch: int = 0  # 0: one pass over the training images
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    lr_schedule: str = "plateau"  # plateau | cosine
+    min_learning_rate: float = 1e-5
+    plateau_patience: int = 8
+    early_stopping_patience: int = 25
+    budget_minutes: float = 0.0  # stop after this much wall-clock (0: no limit)
+    precision: str = "auto"
+    seed: int = 0
+    cache: bool = True
+    use_fov_in_loss: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: {self.precision!r} is not one of {PRECISIONS}")
+        if self.lr_schedule not in ("plateau", "cosine"):
+            raise ConfigError(f"lr_schedule: {self.lr_schedule!r} is not one of plateau, cosine")
+        for name in ("epochs", "batch_size", "base_filters", "depth"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+
+
+T = TypeVar("T")
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _check_type(key, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not a valid {annotation}")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return from_dict(annotation, value, prefix=f"{key}.")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}: unknown key (valid keys: {', '.join(sorted(names))})")
+    values = {key: _check_type(prefix + key, value, hints[key]) for key, value in data.items()}
+    return cls(**values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Any, path: str | Path) -> Path:
+    return write_text_atomic(path, json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Reload a config saved with save_config (or written by hand)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

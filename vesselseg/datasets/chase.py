@@ -1,0 +1,32 @@
+"""CHASE_DB1: _1stHO reference, _2ndHO 2nd observer; the usual split (first 20 train, last 8 test).
+
+No official FOV masks exist; the FOV is estimated from the image during preprocessing.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .base import ReadResult, Sample, find_with_suffixes, register_reader
+
+TRAIN_COUNT = 20
+_NAME = re.compile(r"^Image_(\d+[LR])\.(jpe?g|png|tif)$", re.IGNORECASE)
+
+
+@register_reader("chase")
+def read_chase(source: Path) -> ReadResult:
+    images = sorted((p for p in source.iterdir() if _NAME.match(p.name)),
+                    key=lambda p: _NAME.match(p.name).group(1))
+    samples: list[Sample] = []
+    skipped: list[tuple[Path, str]] = []
+    for index, image in enumerate(images):
+        stem = image.stem
+        annotation = find_with_suffixes(source, f"{stem}_1stHO", (".png", ".gif", ".tif"))
+        if annotation is None:
+            skipped.append((image, "no _1stHO annotation"))
+            continue
+        second = find_with_suffixes(source, f"{stem}_2ndHO", (".png", ".gif", ".tif"))
+        samples.append(Sample(id=f"chase_{stem.split('_', 1)[1]}", dataset="chase",
+                              split="train" if index < TRAIN_COUNT else "test", image=image,
+                              annotation=annotation, fov=None, second_observer=second))
+    return ReadResult(samples, skipped)

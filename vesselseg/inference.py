@@ -1,0 +1,239 @@
+"""The one inference engine shared by `test`, `eval`, training's threshold choice and the Python API.
+
+A Segmenter holds a model, the preprocessing it was trained with and its decision threshold. It
+prepares a photo exactly as training did, predicts at the training size (or tiles a larger working
+size with overlap), optionally averages flipped copies (TTA), and maps probabilities back onto the
+photo's native pixel grid.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import PreprocessConfig, TrainConfig, load_config
+from .errors import ModelLoadError, VesselsegError
+from .fov import estimate_fov
+from .io import read_image
+from .transforms import Geometry, to_model_input, to_native
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+MODEL_FILE = "best.keras"
+CONFIG_FILE = "config.json"
+THRESHOLD_FILE = "threshold.json"
+
+
+@dataclass
+class Prediction:
+    probability: np.ndarray  # native HxW float32 in [0, 1]
+    mask: np.ndarray  # native HxW bool (probability >= threshold, inside the FOV)
+    fov: np.ndarray  # native HxW bool
+    threshold: float
+
+    @property
+    def vessel_density(self) -> float:
+        """Share of FOV pixels predicted as vessel."""
+        return float(self.mask.sum() / max(1, self.fov.sum()))
+
+
+def load_keras_model(path: str | Path):
+    """Load a .keras file in safe mode: a file carrying code (Lambda layers...) is refused."""
+    import keras
+
+    from . import metrics  # noqa: F401  (registers the custom metric classes)
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: model file does not exist")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+            raise ModelLoadError(f"{path}: refused by Keras safe mode, the file contains code "
+                                 f"(e.g. a Lambda layer); vesselseg models never do") from None
+        raise ModelLoadError(f"{path}: not a loadable vesselseg model ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - zip/h5/JSON errors all mean "not a model"
+        raise ModelLoadError(f"{path}: not a loadable vesselseg model "
+                             f"({type(exc).__name__}: {exc})") from None
+
+
+class Segmenter:
+    """Segment vessels in photos of any size with a trained model."""
+
+    def __init__(self, model, preprocess: PreprocessConfig, threshold: float = 0.5,
+                 tta: bool = False, working_size: int | None = None, tile_overlap: int = 64,
+                 batch_size: int = 4, source: str = ""):
+        self.model = model
+        self.preprocess = preprocess
+        self.threshold = float(threshold)
+        self.tta = tta
+        self.working_size = working_size or preprocess.size
+        self.tile_overlap = tile_overlap
+        self.batch_size = batch_size
+        self.source = source
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run: str | Path, **kwargs) -> Segmenter:
+        """Load the best model, its config and its validation threshold from a run folder."""
+        run = Path(run)
+        if not run.is_dir():
+            raise ModelLoadError(f"{run}: run folder does not exist")
+        for name in (MODEL_FILE, CONFIG_FILE):
+            if not (run / name).exists():
+                raise ModelLoadError(f"{run}: not a vesselseg run folder (no {name})")
+        config = load_config(TrainConfig, run / CONFIG_FILE)
+        threshold = kwargs.pop("threshold", None)
+        if threshold is None:
+            threshold = read_threshold(run)
+        model = load_keras_model(run / MODEL_FILE)
+        return cls(model, config.preprocess, threshold=threshold, source=str(run), **kwargs)
+
+    @classmethod
+    def pretrained(cls, **kwargs) -> Segmenter:
+        """The model shipped inside the package."""
+        if not (PRETRAINED_DIR / MODEL_FILE).exists():
+            raise ModelLoadError("no pretrained model is shipped in this version of vesselseg; "
+                                 "train one (python -m vesselseg.train) and pass --run RUN_FOLDER")
+        return cls.from_run(PRETRAINED_DIR, **kwargs)
+
+    # -- prediction ----------------------------------------------------------------------------
+    def prepare(self, image: np.ndarray, fov: np.ndarray | None = None):
+        """(model input float32 SxSx3, native FOV, geometry) for one RGB uint8 photo."""
+        if fov is None:
+            fov = estimate_fov(image)
+        model_image, _, box = to_model_input(image, fov, self.preprocess, self.working_size)
+        return model_image.astype(np.float32) / 255.0, fov, box
+
+    def _predict_inputs(self, batch: np.ndarray) -> np.ndarray:
+        if self.working_size == self.preprocess.size:
+            return self._predict_tensor(batch)
+        return np.stack([self._predict_tiled(x) for x in batch])
+
+    def _predict_tensor(self, batch: np.ndarray) -> np.ndarray:
+        if not self.tta:
+            return self._run(batch)
+        total = np.zeros(batch.shape[:3], dtype=np.float32)
+        for flip_axes in ((), (2,), (1,), (1, 2)):
+            flipped = np.flip(batch, flip_axes) if flip_axes else batch
+            out = self._run(np.ascontiguousarray(flipped))
+            total += np.flip(out, flip_axes) if flip_axes else out
+        return total / 4.0
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        out = self.model(batch, training=False)
+        return np.asarray(out, dtype=np.float32)[..., 0]
+
+    def _predict_tiled(self, image: np.ndarray) -> np.ndarray:
+        """Sliding windows of the training size with overlap, blended by a tapered weight."""
+        tile = self.preprocess.size
+        height, width = image.shape[:2]
+        step = max(1, tile - self.tile_overlap)
+        ys = _tile_starts(height, tile, step)
+        xs = _tile_starts(width, tile, step)
+        weight = _blend_weight(tile, self.tile_overlap)
+        total = np.zeros((height, width), np.float32)
+        norm = np.zeros((height, width), np.float32)
+        windows = [(y, x) for y in ys for x in xs]
+        for start in range(0, len(windows), self.batch_size):
+            chunk = windows[start:start + self.batch_size]
+            batch = np.stack([image[y:y + tile, x:x + tile] for y, x in chunk])
+            out = self._predict_tensor(batch)
+            for (y, x), probability in zip(chunk, out):
+                total[y:y + tile, x:x + tile] += probability * weight
+                norm[y:y + tile, x:x + tile] += weight
+        return total / np.maximum(norm, 1e-6)
+
+    def finish(self, probability: np.ndarray, fov: np.ndarray, box: Geometry) -> Prediction:
+        native = to_native(probability, box) * fov
+        return Prediction(native, (native >= self.threshold) & fov, fov, self.threshold)
+
+    def predict(self, image: np.ndarray, fov: np.ndarray | None = None) -> Prediction:
+        """Probability map and mask at the photo's native size."""
+        model_input, fov, box = self.prepare(image, fov)
+        return self.finish(self._predict_inputs(model_input[None])[0], fov, box)
+
+    def predict_many(self, items: Iterable, load: Callable[[object], tuple],
+                     workers: int = 2, prefetch: int = 8) -> Iterator[tuple[object, object]]:
+        """Yield (item, Prediction or VesselsegError) in order. Reading and preparing the next
+        photos runs in threads while the model works on the current batch."""
+        def prepare(item):
+            try:
+                image, fov = load(item)
+                return item, (image, *self.prepare(image, fov))
+            except VesselsegError as exc:
+                return item, exc
+            except (OSError, ValueError) as exc:
+                return item, VesselsegError(f"{item}: {exc}")
+
+        ready: queue.Queue = queue.Queue(maxsize=prefetch)
+        done = object()
+
+        def producer():
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for result in pool.map(prepare, items):
+                    ready.put(result)
+            ready.put(done)
+
+        thread = threading.Thread(target=producer, daemon=True)
+        thread.start()
+        pending: list = []
+        finished = False
+        while not finished:
+            entry = ready.get()
+            if entry is done:
+                finished = True
+            else:
+                pending.append(entry)
+            good = [p for p in pending if not isinstance(p[1], Exception)]
+            if pending and (finished or len(good) >= self.batch_size or ready.empty()):
+                if good:
+                    batch = np.stack([p[1][1] for p in good])
+                    outputs = iter(self._predict_inputs(batch))
+                for item, payload in pending:
+                    if isinstance(payload, Exception):
+                        yield item, payload
+                    else:
+                        _, _, fov, box = payload
+                        yield item, self.finish(next(outputs), fov, box)
+                pending = []
+        thread.join()
+
+
+def _tile_starts(length: int, tile: int, step: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def _blend_weight(tile: int, overlap: int) -> np.ndarray:
+    ramp = np.ones(tile, np.float32)
+    if overlap > 0:
+        edge = np.linspace(0.05, 1.0, overlap, dtype=np.float32)
+        ramp[:overlap] = edge
+        ramp[-overlap:] = edge[::-1]
+    return np.outer(ramp, ramp)
+
+
+def read_threshold(run: str | Path) -> float:
+    path = Path(run) / THRESHOLD_FILE
+    if not path.exists():
+        return 0.5
+    return float(json.loads(path.read_text(encoding="utf-8"))["threshold"])
+
+
+def load_photo(path: str | Path) -> tuple[np.ndarray, None]:
+    return read_image(path), None
+
+
+def quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,81 @@
+"""Segmentation losses, found by name. Each ignores pixels outside the FOV.
+
+Targets carry the FOV as a second channel: y_true[..., 0] is the vessel mask, y_true[..., 1] the
+FOV (1 inside). A one-channel y_true means "everything is inside the FOV". Packing the FOV into the
+target keeps Keras' plain (y_true, y_pred) loss signature and works under any distribution strategy.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from keras import ops
+
+from .errors import ConfigError
+
+EPSILON = 1.0  # Dice smoothing: defined (loss 0) when both masks are empty
+_CLIP = 1e-7
+
+
+def split_target(y_true, y_pred):
+    """(vessels, fov weights, probabilities) as float32 tensors of the same shape."""
+    y_pred = ops.cast(y_pred, "float32")
+    y_true = ops.cast(y_true, "float32")
+    vessels = y_true[..., :1]
+    fov = y_true[..., 1:2] if y_true.shape[-1] == 2 else ops.ones_like(vessels)
+    return vessels, fov, y_pred[..., :1]
+
+
+def soft_dice_loss(y_true, y_pred, epsilon: float = EPSILON):
+    """1 - (2 sum(p*y) + eps) / (sum p + sum y + eps), over the batch, inside the FOV."""
+    y, fov, p = split_target(y_true, y_pred)
+    p = p * fov
+    y = y * fov
+    intersection = ops.sum(p * y)
+    return 1.0 - (2.0 * intersection + epsilon) / (ops.sum(p) + ops.sum(y) + epsilon)
+
+
+def _masked_mean(values, fov):
+    return ops.sum(values * fov) / ops.maximum(ops.sum(fov), 1.0)
+
+
+def bce_loss(y_true, y_pred):
+    """Binary cross-entropy averaged over FOV pixels."""
+    y, fov, p = split_target(y_true, y_pred)
+    p = ops.clip(p, _CLIP, 1.0 - _CLIP)
+    return _masked_mean(-(y * ops.log(p) + (1.0 - y) * ops.log(1.0 - p)), fov)
+
+
+def focal_loss(y_true, y_pred, alpha: float = 0.25, gamma: float = 2.0):
+    """-a(1-p)^g y log p - (1-a) p^g (1-y) log(1-p), averaged over FOV pixels."""
+    y, fov, p = split_target(y_true, y_pred)
+    p = ops.clip(p, _CLIP, 1.0 - _CLIP)
+    positive = -alpha * ops.power(1.0 - p, gamma) * y * ops.log(p)
+    negative = -(1.0 - alpha) * ops.power(p, gamma) * (1.0 - y) * ops.log(1.0 - p)
+    return _masked_mean(positive + negative, fov)
+
+
+def make_loss(name: str = "dice", balance: float = 0.5, focal_alpha: float = 0.25,
+              focal_gamma: float = 2.0) -> Callable:
+    """The loss called `name`. Combined losses weigh their first term by `balance`."""
+
+    def focal(y_true, y_pred):
+        return focal_loss(y_true, y_pred, focal_alpha, focal_gamma)
+
+    def focal_dice(y_true, y_pred):
+        return balance * focal(y_true, y_pred) + (1.0 - balance) * soft_dice_loss(y_true, y_pred)
+
+    def bce_dice(y_true, y_pred):
+        return balance * bce_loss(y_true, y_pred) + (1.0 - balance) * soft_dice_loss(y_true, y_pred)
+
+    losses: dict[str, Callable] = {"dice": soft_dice_loss, "bce": bce_loss, "focal": focal,
+                                   "focal_dice": focal_dice, "bce_dice": bce_dice}
+    if name not in losses:
+        raise ConfigError(f"loss: unknown {name!r}; valid names: {', '.join(sorted(losses))}")
+    chosen = losses[name]
+    chosen.__name__ = f"{name}_loss"
+    return chosen
+
+
+LOSS_NAMES = ("bce", "bce_dice", "dice", "focal", "focal_dice")
+
+

@@ -1,0 +1,96 @@
+"""Segmentation architectures, found by name. `get_model` is pure: config in, new Keras model out.
+
+The U-Net follows the classic design: per level two 3x3 convolutions with ReLU, 2x2 max pooling
+down, 2x2 transposed convolution up, skip connections by concatenation, and a 1x1 convolution with
+a sigmoid giving one vessel-probability channel. Spatial dimensions are left open, so weights
+trained at 512x512 run on any size that is a multiple of 2**depth.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers
+
+from .errors import ConfigError
+
+Builder = Callable[..., keras.Model]
+_ARCHITECTURES: dict[str, Builder] = {}
+
+
+def register_architecture(name: str) -> Callable[[Builder], Builder]:
+    def decorate(func: Builder) -> Builder:
+        _ARCHITECTURES[name] = func
+        return func
+
+    return decorate
+
+
+def architecture_names() -> list[str]:
+    return sorted(_ARCHITECTURES)
+
+
+def _conv_block(x, filters: int, batch_norm: bool, dropout: float, name: str):
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm,
+                          kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+        if dropout and i == 1:
+            x = layers.SpatialDropout2D(dropout, name=f"{name}_dropout")(x)
+    return x
+
+
+@register_architecture("unet")
+def unet(base_filters: int = 64, depth: int = 4, batch_norm: bool = False, dropout: float = 0.0,
+         input_channels: int = 3, input_size: int | None = None) -> keras.Model:
+    """Classic U-Net; base 64 / depth 4 / no batch norm is the 31.0M-parameter original."""
+    inputs = keras.Input(shape=(input_size, input_size, input_channels), name="image")
+    x = inputs
+    skips = []
+    for level in range(depth):
+        x = _conv_block(x, base_filters * 2**level, batch_norm, dropout, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _conv_block(x, base_filters * 2**depth, batch_norm, dropout, "bottleneck")
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}")(x)
+        x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
+        x = _conv_block(x, filters, batch_norm, dropout, f"dec{level}")
+    logits = layers.Conv2D(1, 1, name="logits")(x)
+    # float32 output even under a mixed-precision policy: losses and thresholds need the range.
+    outputs = layers.Activation("sigmoid", dtype="float32", name="vessel_probability")(logits)
+    return keras.Model(inputs, outputs, name=f"unet_f{base_filters}_d{depth}")
+
+
+def get_model(architecture: str = "unet", **kwargs) -> keras.Model:
+    """Build a new model by architecture name; an unknown name lists the valid ones."""
+    try:
+        builder = _ARCHITECTURES[architecture]
+    except KeyError:
+        raise ConfigError(f"architecture: unknown {architecture!r}; valid names: "
+                          f"{', '.join(architecture_names())}") from None
+    return builder(**kwargs)
+
+
+def size_multiple(depth: int) -> int:
+    """Input sides must be a multiple of this for the model to run."""
+    return 2**depth
+
+
+def forward_flops(model: keras.Model, height: int, width: int) -> int:
+    """FLOPs (2 x multiply-adds) of the convolutions in one forward pass at height x width."""
+    probe = keras.models.clone_model(model, input_tensors=keras.Input((height, width,
+                                                                         model.input_shape[-1])))
+    total = 0
+    for layer in probe.layers:
+        if isinstance(layer, layers.Conv2DTranspose):
+            _, h, w, c_in = layer.input.shape
+            total += 2 * h * w * layer.kernel_size[0] * layer.kernel_size[1] * c_in * layer.filters
+        elif isinstance(layer, layers.Conv2D):
+            _, h, w, _ = layer.output.shape
+            c_in = layer.input.shape[-1]
+            total += 2 * h * w * layer.kernel_size[0] * layer.kernel_size[1] * c_in * layer.filters
+    return int(total)

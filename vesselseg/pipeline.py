@@ -1,0 +1,106 @@
+"""tf.data pipelines from a preprocessed manifest: decode, normalise, cache, shuffle, augment,
+batch, prefetch. Augmentation is seeded per element (stateless ops keyed on the element index), so
+a run is reproducible whatever the parallelism.
+
+Elements are (image float32 [0,1] HxWx3, target float32 HxWx2 = [vessels, FOV]).
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import tensorflow as tf
+
+from .config import AugmentConfig
+from .errors import DatasetError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise DatasetError(f"the manifest has no {split!r} images (splits present: "
+                           f"{', '.join(sorted(manifest['split'].unique()))})")
+    return rows
+
+
+def _decode(image_path, vessels_path, fov_path):
+    image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
+    vessels = tf.io.decode_png(tf.io.read_file(vessels_path), channels=1)
+    fov = tf.io.decode_png(tf.io.read_file(fov_path), channels=1)
+    image = tf.cast(image, tf.float32) / 255.0
+    target = tf.concat([tf.cast(vessels >= 128, tf.float32), tf.cast(fov >= 128, tf.float32)], -1)
+    return image, target
+
+
+def _affine(stack, angle, scale, size):
+    """Rotate by `angle` (radians) and zoom by `scale` about the centre, bilinear, zero fill."""
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    centre = (tf.cast(size, tf.float32) - 1.0) / 2.0
+    # output->input mapping: x_in = a0 x + a1 y + a2, y_in = b0 x + b1 y + b2
+    a2 = centre - cos * centre + sin * centre
+    b2 = centre - sin * centre - cos * centre
+    transform = tf.stack([cos, -sin, a2, sin, cos, b2, 0.0, 0.0])[None]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=stack[None], transforms=transform, output_shape=tf.shape(stack)[:2],
+        interpolation="BILINEAR", fill_mode="CONSTANT", fill_value=0.0)[0]
+
+
+def augment(image, target, seed, config: AugmentConfig):
+    """Identical geometric changes to image and masks; photometric changes to the image only."""
+    seeds = tf.random.experimental.stateless_split(seed, num=10)
+    uniform = lambda i, lo=0.0, hi=1.0: tf.random.stateless_uniform([], seeds[i], lo, hi)  # noqa: E731
+    stack = tf.concat([image, target], axis=-1)
+    if config.flips:
+        stack = tf.cond(uniform(0) < 0.5, lambda: tf.reverse(stack, [1]), lambda: stack)
+        stack = tf.cond(uniform(1) < 0.5, lambda: tf.reverse(stack, [0]), lambda: stack)
+    if config.rot90:
+        k = tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32)
+        stack = tf.image.rot90(stack, k)
+    if config.rotation_degrees or config.scale_range:
+        angle = uniform(3, -config.rotation_degrees, config.rotation_degrees) * math.pi / 180.0
+        scale = uniform(4, 1.0 - config.scale_range, 1.0 + config.scale_range)
+        stack = _affine(stack, angle, scale, tf.shape(stack)[0])
+    image, vessels, fov = stack[..., :3], stack[..., 3:4], stack[..., 4:5]
+    vessels = tf.cast(vessels >= 0.5, tf.float32)
+    fov = tf.cast(fov >= 0.5, tf.float32)
+    if config.brightness:
+        image = image + uniform(5, -config.brightness, config.brightness)
+    if config.contrast:
+        mean = tf.reduce_sum(image * fov, [0, 1]) / tf.maximum(tf.reduce_sum(fov), 1.0)
+        image = (image - mean) * uniform(6, 1 - config.contrast, 1 + config.contrast) + mean
+    if config.saturation:
+        image = tf.image.adjust_saturation(tf.clip_by_value(image, 0, 1),
+                                           uniform(7, 1 - config.saturation, 1 + config.saturation))
+    if config.hue:
+        image = tf.image.adjust_hue(image, uniform(8, -config.hue, config.hue))
+    if config.gamma:
+        image = tf.pow(tf.clip_by_value(image, 1e-6, 1.0),
+                       tf.exp(uniform(9, -config.gamma, config.gamma)))
+    image = tf.clip_by_value(image, 0.0, 1.0) * fov
+    return image, tf.concat([vessels * fov, fov], axis=-1)
+
+
+def make_dataset(rows: pd.DataFrame, batch_size: int, training: bool, seed: int = 0,
+                 augment_config: AugmentConfig | None = None, cache: bool = True) -> tf.data.Dataset:
+    """Batched (image, target) pairs; training streams repeat forever, shuffled and augmented."""
+    paths = (list(rows["image"]), list(rows["vessels"]), list(rows["fov"]))
+    dataset = tf.data.Dataset.from_tensor_slices(paths)
+    dataset = dataset.map(_decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache:
+        dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True).repeat()
+        if augment_config is not None:
+            dataset = dataset.enumerate().map(
+                lambda index, pair: augment(pair[0], pair[1],
+                                            tf.stack([tf.cast(seed, tf.int64), index]),
+                                            augment_config),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def steps_per_epoch(rows: pd.DataFrame, batch_size: int, requested: int = 0) -> int:
+    return requested or max(1, math.ceil(len(rows) / batch_size))

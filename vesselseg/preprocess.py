@@ -1,0 +1,266 @@
+"""`python -m vesselseg.preprocess`: read a dataset and write model-ready 512x512 PNGs + manifest.
+
+Output folder::
+
+    manifest.csv      one row per sample: split, paths, native size, crop box, native annotation/FOV
+    preprocess.json   the PreprocessConfig and where the data came from
+    images/ vessels/ fov/   model-size PNGs (lossless)
+    native_fov/       FOV masks estimated at native size (for datasets without official ones)
+
+Files are written atomically, so a killed run leaves no corrupt file and a re-run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .cli import run_cli
+from .config import ENHANCEMENTS, PreprocessConfig, from_dict
+from .datasets import Sample, read_dataset, reader_names
+from .errors import DatasetError, ImageReadError, VesselsegError
+from .fov import estimate_fov
+from .io import read_image, read_mask, write_png, write_text_atomic
+from .transforms import mask_to_model, to_model_input
+
+MANIFEST = "manifest.csv"
+SETTINGS = "preprocess.json"
+
+
+@dataclass
+class PreprocessReport:
+    out: Path
+    counts: dict[str, int]
+    skipped: list[tuple[str, str]]
+    failed: list[tuple[str, str]]
+    reused: int
+
+
+def assign_validation(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    """Move a seeded `fraction` of the training samples (at least one if any) into 'val'."""
+    train = [i for i, s in enumerate(samples) if s.split == "train"]
+    if not train or fraction <= 0 or any(s.split == "val" for s in samples):
+        return samples
+    count = min(len(train) - 1, max(1, round(fraction * len(train))))
+    chosen = set(random.Random(seed).sample(train, count)) if count > 0 else set()
+    return [Sample(**{**asdict(s), "split": "val"}) if i in chosen else s
+            for i, s in enumerate(samples)]
+
+
+def augment_geometry(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """One seeded random rotation / flip / scaling applied identically to every array."""
+    height, width = arrays[0].shape[:2]
+    angle = float(rng.uniform(-180, 180))
+    scale = float(rng.uniform(0.85, 1.15))
+    flip = bool(rng.random() < 0.5)
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
+    out = []
+    for array in arrays:
+        is_mask = array.dtype == bool
+        source = array.astype(np.uint8) * 255 if is_mask else array
+        warped = cv2.warpAffine(source, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        if flip:
+            warped = warped[:, ::-1]
+        out.append(np.ascontiguousarray(warped >= 128 if is_mask else warped))
+    return out
+
+
+def _outputs(out: Path, sample_id: str) -> dict[str, Path]:
+    return {"image": out / "images" / f"{sample_id}.png",
+            "vessels": out / "vessels" / f"{sample_id}.png",
+            "fov": out / "fov" / f"{sample_id}.png"}
+
+
+def process_sample(sample: Sample, out: Path, config: PreprocessConfig) -> list[dict]:
+    """Write one sample (and its offline augmentations); return its manifest rows."""
+    image = read_image(sample.image)
+    shape = image.shape[:2]
+    if sample.annotation is None:
+        raise ImageReadError(sample.image, "has no annotation")
+    vessels = read_mask(sample.annotation, expected_shape=shape)
+    if sample.fov is not None:
+        fov = read_mask(sample.fov, expected_shape=shape)
+        native_fov, fov_source = sample.fov, "official"
+    else:
+        fov = estimate_fov(image)
+        native_fov = out / "native_fov" / f"{sample.id}.png"
+        if not native_fov.exists():
+            write_png(native_fov, fov)
+        fov_source = "estimated"
+    model_image, model_fov, box = to_model_input(image, fov, config)
+    model_vessels = mask_to_model(vessels & fov, box, config.size) & model_fov
+    base = {"dataset": sample.dataset, "split": sample.split, "native_width": shape[1],
+            "native_height": shape[0], "crop_x0": box.x0, "crop_y0": box.y0, "crop_x1": box.x1,
+            "crop_y1": box.y1, "native_image": str(sample.image.resolve()),
+            "native_annotation": str(sample.annotation.resolve()),
+            "native_fov": str(Path(native_fov).resolve()), "fov_source": fov_source,
+            "second_observer": str(sample.second_observer.resolve()) if sample.second_observer
+            else ""}
+    variants = [(sample.id, model_image, model_vessels, model_fov, "")]
+    if sample.split == "train" and config.augment:
+        rng = np.random.default_rng(config.seed * 1_000_003 + _stable_hash(sample.id))
+        for k in range(config.augment):
+            aug = augment_geometry([model_image, model_vessels, model_fov], rng)
+            variants.append((f"{sample.id}_aug{k + 1}", *aug, sample.id))
+    rows = []
+    for variant_id, img, ves, fv, parent in variants:
+        paths = _outputs(out, variant_id)
+        if not all(p.exists() for p in paths.values()):
+            write_png(paths["image"], img)
+            write_png(paths["vessels"], ves)
+            write_png(paths["fov"], fv)
+        rows.append({"id": variant_id, **base,
+                     **{k: str(p.relative_to(out)) for k, p in paths.items()},
+                     "augment_of": parent})
+    return rows
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(text.encode("utf-8")[:8].ljust(8, b"\0"), "little") % (2**31)
+
+
+def preprocess_dataset(dataset: str, source: str | Path | None, out: str | Path,
+                       config: PreprocessConfig | None = None, overwrite: bool = False,
+                       skip_missing: bool = False, workers: int = 2,
+                       progress: bool = True) -> PreprocessReport:
+    """Preprocess a dataset into `out`; the library function behind the CLI."""
+    config = config or PreprocessConfig()
+    out = Path(out)
+    settings = {"dataset": dataset, "source": str(Path(source).resolve()) if source else None,
+                "config": asdict(config)}
+    if out.exists() and overwrite:
+        for name in ("images", "vessels", "fov", "native_fov", MANIFEST, SETTINGS):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    previous = out / SETTINGS
+    if previous.exists():
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        if old != settings:
+            raise DatasetError(f"{out} already holds data preprocessed with other settings "
+                               f"({previous}); choose another --out or pass --overwrite")
+    result = read_dataset(dataset, source)
+    missing_is_error = dataset in ("folder", "drive", "chase", "stare") and not skip_missing
+    if result.skipped and missing_is_error:
+        names = "; ".join(f"{path} ({why})" for path, why in result.skipped)
+        raise DatasetError(f"images without annotation: {names}. Add the annotations or pass "
+                           f"--skip-missing")
+    samples = assign_validation(result.samples, config.val_fraction, config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(previous, json.dumps(settings, indent=2) + "\n")
+    if (out / MANIFEST).exists():
+        manifest = pd.read_csv(out / MANIFEST)
+        return PreprocessReport(out, manifest["split"].value_counts().to_dict(),
+                                [(str(p), why) for p, why in result.skipped], [], len(manifest))
+
+    rows: list[dict] = []
+    failed: list[tuple[str, str]] = []
+
+    def work(sample: Sample) -> list[dict]:
+        return process_sample(sample, out, config)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [(s, pool.submit(work, s)) for s in samples]
+        for sample, future in tqdm(futures, desc=f"preprocess {dataset}", unit="img",
+                                   disable=not progress):
+            try:
+                rows.extend(future.result())
+            except VesselsegError as exc:
+                failed.append((str(sample.image), str(exc)))
+            except (OSError, cv2.error, ValueError) as exc:
+                failed.append((str(sample.image), f"{sample.image}: {exc}"))
+    if failed:
+        return PreprocessReport(out, {}, [(str(p), w) for p, w in result.skipped], failed, 0)
+    manifest = pd.DataFrame(rows).sort_values(["split", "id"], kind="stable")
+    write_text_atomic(out / MANIFEST, manifest.to_csv(index=False))
+    return PreprocessReport(out, manifest["split"].value_counts().to_dict(),
+                            [(str(p), w) for p, w in result.skipped], [], 0)
+
+
+def load_manifest(folder: str | Path) -> pd.DataFrame:
+    """The manifest of a preprocessed folder, with paths made absolute."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.exists():
+        raise DatasetError(f"{path}: no manifest; run `python -m vesselseg.preprocess` first")
+    manifest = pd.read_csv(path, keep_default_na=False)
+    for column in ("image", "vessels", "fov"):
+        manifest[column] = [str(folder / p) for p in manifest[column]]
+    return manifest
+
+
+def load_preprocess_config(folder: str | Path) -> PreprocessConfig:
+    path = Path(folder) / SETTINGS
+    if not path.exists():
+        raise DatasetError(f"{path}: missing; is {folder} a preprocessed folder?")
+    return from_dict(PreprocessConfig, json.loads(path.read_text(encoding="utf-8"))["config"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vesselseg.preprocess",
+        description="Read a fundus dataset and write 512x512 model inputs, vessel masks, FOV masks "
+                    "and a manifest.csv (with native sizes for honest evaluation later).")
+    parser.add_argument("--dataset", default="synthetic", choices=reader_names(),
+                        help="dataset reader (default: synthetic, generated on the fly)")
+    parser.add_argument("--source", default=None,
+                        help="folder the dataset was unpacked in (synthetic: where to generate)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--size", type=int, default=512, help="model input size (default 512)")
+    parser.add_argument("--enhancement", choices=ENHANCEMENTS, default="none",
+                        help="contrast enhancement recorded in the output (default none)")
+    parser.add_argument("--no-crop", action="store_true",
+                        help="resize the whole frame instead of the FOV's bounding box")
+    parser.add_argument("--val-fraction", type=float, default=0.15,
+                        help="share of training images held out for validation (default 0.15)")
+    parser.add_argument("--augment", type=int, default=0,
+                        help="offline augmented copies per training image (default 0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output folder's contents")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="skip images without an annotation instead of stopping")
+    return parser
+
+
+def _main(args: argparse.Namespace) -> int:
+    config = PreprocessConfig(size=args.size, enhancement=args.enhancement,
+                              crop_to_fov=not args.no_crop, val_fraction=args.val_fraction,
+                              augment=args.augment, seed=args.seed)
+    report = preprocess_dataset(args.dataset, args.source, args.out, config,
+                                overwrite=args.overwrite, skip_missing=args.skip_missing)
+    for path, why in report.skipped:
+        print(f"skipped {path}: {why}")
+    if report.failed:
+        for path, why in report.failed:
+            print(f"error: {why}", file=sys.stderr)
+        print(f"error: {len(report.failed)} file(s) failed; no manifest written. Fix or remove "
+              f"them and re-run (finished samples are kept).", file=sys.stderr)
+        return 1
+    if report.reused:
+        print(f"{report.out} is already complete ({report.reused} rows); nothing to do "
+              f"(pass --overwrite to redo it)")
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(report.counts.items()))
+    print(f"wrote {report.out / MANIFEST} ({counts})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""`python -m vesselseg.train`: train a U-Net on a preprocessed folder, one run folder per run.
+
+Run folder (artifacts/runs/<timestamp>_<name>/): config.json (reloadable), best.keras,
+history.csv, learning_curves.png, tensorboard/, threshold.json (chosen on validation images at
+native resolution), environment.json, status.json. Re-running the same command after a crash
+resumes the unfinished run from its last completed epoch; a finished run is never touched again.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .cli import run_cli
+from .config import PRECISIONS, TrainConfig, from_dict, load_config, save_config, to_dict
+from .errors import ConfigError, VesselsegError
+from .io import write_text_atomic
+
+STATUS_FILE = "status.json"
+
+
+class TrainingDiverged(VesselsegError):
+    """The loss became NaN or infinite."""
+
+
+def config_fingerprint(config: TrainConfig) -> str:
+    data = to_dict(config)
+    data.pop("runs_dir", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_unfinished_run(config: TrainConfig) -> Path | None:
+    """An earlier run of the same config that did not finish (to resume it)."""
+    runs = Path(config.runs_dir)
+    if not runs.is_dir():
+        return None
+    fingerprint = config_fingerprint(config)
+    for folder in sorted(runs.iterdir(), reverse=True):
+        status_path = folder / STATUS_FILE
+        if not status_path.exists():
+            continue
+        status = json.loads(status_path.read_text(encoding="utf-8"))
+        if status.get("fingerprint") == fingerprint and status.get("state") == "running":
+            return folder
+    return None
+
+
+def new_run_folder(config: TrainConfig) -> Path:
+    """A fresh, never-used folder: timestamp + run name (+ a counter on collision)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = Path(config.runs_dir) / f"{stamp}_{config.run_name}"
+    folder, counter = base, 1
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+            return folder
+        except FileExistsError:
+            counter += 1
+            folder = base.with_name(f"{base.name}-{counter}")
+
+
+def _write_status(run: Path, **fields) -> None:
+    path = run / STATUS_FILE
+    status = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    status.update(fields)
+    write_text_atomic(path, json.dumps(status, indent=2) + "\n")
+
+
+def build_callbacks(config: TrainConfig, run: Path, best_so_far: float | None, start: float):
+    """The plain callbacks list of a run."""
+    import keras
+
+    monitor = "val_dice"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run / "backup")),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.ModelCheckpoint(str(run / "best.keras"), monitor=monitor, mode="max",
+                                        save_best_only=True,
+                                        initial_value_threshold=best_so_far),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode="max",
+                                      patience=config.early_stopping_patience,
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False),
+    ]
+    if config.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=config.plateau_patience,
+            min_lr=config.min_learning_rate))
+    else:
+        def cosine(epoch: int, _lr: float) -> float:
+            progress = min(1.0, epoch / max(1, config.epochs - 1))
+            return config.min_learning_rate + 0.5 * (config.learning_rate
+                                                     - config.min_learning_rate) * (
+                1 + math.cos(math.pi * progress))
+        callbacks.append(keras.callbacks.LearningRateScheduler(cosine))
+    if config.budget_minutes:
+        callbacks.append(WallClockBudget(config.budget_minutes * 60.0, start))
+    return callbacks
+
+
+def _wall_clock_budget_class():
+    import keras
+
+    class _WallClockBudget(keras.callbacks.Callback):
+        """Stop before the next epoch would overrun a wall-clock budget."""
+
+        def __init__(self, seconds: float, start: float):
+            super().__init__()
+            self.seconds, self.start, self.epoch_start = seconds, start, start
+            self.longest = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_start = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = time.monotonic()
+            self.longest = max(self.longest, now - self.epoch_start)
+            if now - self.start + self.longest > self.seconds:
+                self.model.stop_training = True
+
+    return _WallClockBudget
+
+
+def WallClockBudget(seconds: float, start: float):  # noqa: N802 - behaves like a class
+    return _wall_clock_budget_class()(seconds, start)
+
+
+def _best_validation_dice(run: Path) -> float | None:
+    import pandas as pd
+
+    path = run / "history.csv"
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    history = pd.read_csv(path)
+    return float(history["val_dice"].max()) if "val_dice" in history and len(history) else None
+
+
+def train(config: TrainConfig, devices: list[str] | None = None, progress: bool = True) -> Path:
+    """Train according to `config`; returns the run folder. The library function behind the CLI."""
+    import keras
+    import tensorflow as tf
+
+    from .devices import environment_facts, make_strategy, set_precision
+    from .losses import make_loss
+    from .metrics import training_metrics
+    from .model import get_model
+    from .pipeline import make_dataset, split_rows, steps_per_epoch
+    from .plots import learning_curves
+    from .preprocess import load_manifest, load_preprocess_config
+
+    config = replace(config, preprocess=load_preprocess_config(config.data))
+    manifest = load_manifest(config.data)
+    train_rows, val_rows = split_rows(manifest, "train"), split_rows(manifest, "val")
+
+    run = find_unfinished_run(config)
+    resumed = run is not None
+    if run is None:
+        run = new_run_folder(config)
+        save_config(config, run / "config.json")
+        _write_status(run, state="running", fingerprint=config_fingerprint(config),
+                      started=datetime.now(timezone.utc).isoformat())
+    else:
+        print(f"resuming unfinished run {run}")
+
+    keras.utils.set_random_seed(config.seed)
+    policy = set_precision(config.precision)
+    strategy = make_strategy(devices)
+    write_text_atomic(run / "environment.json",
+                      json.dumps(environment_facts(policy, strategy), indent=2) + "\n")
+    global_batch = config.batch_size
+    train_data = make_dataset(train_rows, global_batch, training=True, seed=config.seed,
+                              augment_config=config.augment, cache=config.cache)
+    val_data = make_dataset(val_rows, global_batch, training=False, cache=config.cache)
+    with strategy.scope():
+        model = get_model(config.architecture, base_filters=config.base_filters, depth=config.depth,
+                          batch_norm=config.batch_norm, dropout=config.dropout)
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                      loss=make_loss(config.loss, config.loss_balance, config.focal_alpha,
+                                     config.focal_gamma),
+                      metrics=training_metrics())
+    start = time.monotonic()
+    callbacks = build_callbacks(config, run, _best_validation_dice(run) if resumed else None,
+                                start)
+    history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
+                        steps_per_epoch=steps_per_epoch(train_rows, global_batch,
+                                                        config.steps_per_epoch),
+                        callbacks=callbacks, verbose=1 if progress else 2)
+    seconds = time.monotonic() - start
+    losses = history.history.get("loss", [])
+    diverged = bool(losses) and not all(math.isfinite(v) for v in losses)
+    if (run / "history.csv").exists():
+        import pandas as pd
+
+        learning_curves(pd.read_csv(run / "history.csv"), run / "learning_curves.png")
+    if diverged:
+        _write_status(run, state="diverged", seconds=seconds)
+        raise TrainingDiverged(
+            f"training stopped: the loss became NaN/inf at epoch {len(losses)}. The best model so "
+            f"far is kept in {run / 'best.keras'}. Lower --learning-rate or use --precision float32.")
+    if not (run / "best.keras").exists():
+        model.save(run / "best.keras")
+    threshold = choose_threshold(run, val_rows)
+    _write_status(run, state="finished", seconds=seconds, epochs=len(losses),
+                  finished=datetime.now(timezone.utc).isoformat(), threshold=threshold)
+    return run
+
+
+def choose_threshold(run: Path, val_rows) -> float:
+    """Pick the pooled best-F1 threshold on the validation images at native resolution."""
+    from .evaluation import PooledEvaluator, best_f1_threshold
+    from .inference import THRESHOLD_FILE, Segmenter
+    from .io import read_image, read_mask
+
+    segmenter = Segmenter.from_run(run, threshold=0.5)
+    evaluator = PooledEvaluator(threshold=0.5)
+    for _, row in val_rows.iterrows():
+        image = read_image(row["native_image"])
+        truth = read_mask(row["native_annotation"], image.shape[:2])
+        fov = read_mask(row["native_fov"], image.shape[:2])
+        prediction = segmenter.predict(image, fov)
+        evaluator.add(row["id"], prediction.probability, truth, fov)
+    threshold, f1 = best_f1_threshold(evaluator.positive_hist, evaluator.negative_hist)
+    write_text_atomic(run / THRESHOLD_FILE, json.dumps(
+        {"threshold": threshold, "validation_f1": f1, "validation_images": list(val_rows["id"]),
+         "how": "pooled best-F1 threshold over the validation images, native resolution, "
+                "inside the FOV"}, indent=2) + "\n")
+    return threshold
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vesselseg.train",
+        description="Train a vessel segmentation U-Net on a preprocessed folder. Each run writes "
+                    "into its own new folder under --runs-dir; repeating an interrupted command "
+                    "resumes it.")
+    parser.add_argument("--data", help="preprocessed folder (from vesselseg.preprocess)")
+    parser.add_argument("--config", help="JSON config file (keys of TrainConfig); flags override")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--base-filters", type=int)
+    parser.add_argument("--depth", type=int)
+    parser.add_argument("--loss", help="dice (default), bce, focal, focal_dice, bce_dice")
+    parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--steps-per-epoch", type=int)
+    parser.add_argument("--budget-minutes", type=float,
+                        help="stop after this much wall-clock time (best model kept)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--run-name")
+    parser.add_argument("--runs-dir", help="parent folder of run folders (artifacts/runs)")
+    parser.add_argument("--quiet", action="store_true", help="one line per epoch")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    config = load_config(TrainConfig, args.config) if args.config else TrainConfig()
+    overrides = {key: value for key, value in vars(args).items()
+                 if key not in ("config", "quiet") and value is not None}
+    try:
+        return from_dict(TrainConfig, {**asdict(config), **overrides})
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _main(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    run = train(config, progress=not args.quiet)
+    status = json.loads((run / STATUS_FILE).read_text(encoding="utf-8"))
+    print(f"run folder: {run}\nepochs: {status['epochs']}, {status['seconds'] / 60:.1f} min, "
+          f"threshold (validation best F1): {status['threshold']:.3f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .inference import quiet_tensorflow
+
+    quiet_tensorflow()
+    return run_cli(_main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

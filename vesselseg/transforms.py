@@ -1,0 +1,89 @@
+"""The image transformations shared by preprocessing (training data) and inference (any photo).
+
+`to_model_input` and `to_native` are exact inverses in geometry: crop to the FOV box, resize to
+the model size, and back. Using one pair everywhere keeps training and inference consistent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .config import PreprocessConfig
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the model input came from in the native photo."""
+
+    native_height: int
+    native_width: int
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+def crop_box(fov: np.ndarray, crop_to_fov: bool, margin: float = 0.02) -> Geometry:
+    """The FOV's bounding box with a small margin (or the full frame)."""
+    height, width = fov.shape
+    if not crop_to_fov or not fov.any():
+        return Geometry(height, width, 0, 0, width, height)
+    rows = np.flatnonzero(fov.any(axis=1))
+    cols = np.flatnonzero(fov.any(axis=0))
+    pad_y, pad_x = round(margin * height), round(margin * width)
+    return Geometry(height, width, max(0, int(cols[0]) - pad_x), max(0, int(rows[0]) - pad_y),
+                    min(width, int(cols[-1]) + 1 + pad_x), min(height, int(rows[-1]) + 1 + pad_y))
+
+
+def resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area interpolation when shrinking (no aliasing), linear when enlarging."""
+    shrinking = width * height < array.shape[0] * array.shape[1]
+    return cv2.resize(array, (width, height),
+                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def enhance(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Optional contrast enhancement of an RGB uint8 image (CLAHE on luminance or green)."""
+    if config.enhancement == "none":
+        return image
+    clahe = cv2.createCLAHE(clipLimit=config.clahe_clip,
+                            tileGridSize=(config.clahe_tiles, config.clahe_tiles))
+    if config.enhancement == "green_clahe":
+        green = clahe.apply(np.ascontiguousarray(image[..., 1]))
+        return np.repeat(green[..., None], 3, axis=2)
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def to_model_input(image: np.ndarray, fov: np.ndarray, config: PreprocessConfig,
+                   size: int | None = None) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """Crop, resize to size x size and enhance: (model image uint8, model FOV bool, geometry)."""
+    size = size or config.size
+    box = crop_box(fov, config.crop_to_fov)
+    crop = image[box.y0:box.y1, box.x0:box.x1]
+    resized = resize(np.ascontiguousarray(crop), size, size)
+    fov_small = resize_mask(fov[box.y0:box.y1, box.x0:box.x1], size, size)
+    resized = resized * fov_small[..., None].astype(np.uint8)  # black outside the FOV, as in training
+    return enhance(resized, config), fov_small, box
+
+
+def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize a boolean mask by area coverage (a pixel is in when at least half covered)."""
+    scaled = resize(mask.astype(np.float32), width, height)
+    return scaled >= 0.5
+
+
+def mask_to_model(mask: np.ndarray, box: Geometry, size: int) -> np.ndarray:
+    return resize_mask(mask[box.y0:box.y1, box.x0:box.x1], size, size)
+
+
+def to_native(probability: np.ndarray, box: Geometry) -> np.ndarray:
+    """Map a model-size probability map back onto the native photo (zero outside the crop)."""
+    native = np.zeros((box.native_height, box.native_width), dtype=np.float32)
+    patch = cv2.resize(probability.astype(np.float32), (box.x1 - box.x0, box.y1 - box.y0),
+                       interpolation=cv2.INTER_LINEAR)
+    native[box.y0:box.y1, box.x0:box.x1] = patch
+    return native
