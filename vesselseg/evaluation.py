@@ -72,7 +72,8 @@ def _curve_from_sorted(tps: np.ndarray, fps: np.ndarray) -> tuple[float, float]:
         return math.nan, math.nan
     tpr = np.concatenate([[0.0], tps / positives])
     fpr = np.concatenate([[0.0], fps / negatives])
-    auc_roc = float(np.trapezoid(tpr, fpr))
+    # trapezoid rule written out: np.trapezoid only exists from NumPy 2.0 (setup.cfg allows 1.24)
+    auc_roc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
     precision = tps / np.maximum(tps + fps, 1)
     recall = tps / positives
     auc_pr = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
@@ -80,7 +81,18 @@ def _curve_from_sorted(tps: np.ndarray, fps: np.ndarray) -> tuple[float, float]:
 
 
 def ranking_scores(probability: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """Exact AUC-ROC and average precision (as scikit-learn computes them) of 1-D inputs."""
+    """Exact AUC-ROC and average precision (as scikit-learn computes them) of 1-D inputs.
+
+    NaN for both when only one class is present (including no pixel at all). Scores are ranked in
+    their own floating dtype, as scikit-learn does, so ties are the same ones it sees.
+    """
+    truth = np.asarray(truth).astype(bool, copy=False)
+    positives = int(np.count_nonzero(truth))
+    if positives == 0 or positives == truth.size:
+        return math.nan, math.nan
+    probability = np.asarray(probability)
+    if not np.issubdtype(probability.dtype, np.floating):
+        probability = probability.astype(np.float64)
     order = np.argsort(-probability, kind="stable")
     scores = probability[order]
     labels = truth[order].astype(np.int64)
@@ -118,18 +130,29 @@ def _check(probability: np.ndarray, truth: np.ndarray, fov: np.ndarray | None) -
     return fov.astype(bool, copy=False)
 
 
+def _evaluate(probability: np.ndarray, truth: np.ndarray, fov: np.ndarray | None,
+              threshold: float):
+    """(metrics, confusion counts, clDice counts, FOV scores, FOV labels) of one image."""
+    fov = _check(probability, truth, fov)
+    truth = truth.astype(bool, copy=False)
+    if not np.issubdtype(probability.dtype, np.floating):
+        probability = probability.astype(np.float64)
+    # one thresholding for counts and skeletons alike: ">= threshold" is vessel
+    predicted_map = (probability >= threshold) & fov
+    scores = probability[fov]
+    labels = truth[fov]
+    counts = confusion(predicted_map[fov], labels)
+    skeleton = cldice_counts(predicted_map, truth & fov, fov)
+    result = scores_from_counts(counts)
+    result["auc_roc"], result["auc_pr"] = ranking_scores(scores, labels)
+    result["cldice"] = cldice_from_counts(skeleton)
+    return result, counts, skeleton, scores, labels
+
+
 def image_metrics(probability: np.ndarray, truth: np.ndarray, fov: np.ndarray | None,
                   threshold: float = 0.5) -> dict[str, float]:
     """All metrics of one image, counting only pixels inside the FOV."""
-    fov = _check(probability, truth, fov)
-    truth = truth.astype(bool, copy=False)
-    scores = probability[fov].astype(np.float64, copy=False)
-    labels = truth[fov]
-    predicted_map = (probability >= threshold) & fov
-    result = scores_from_counts(confusion(scores >= threshold, labels))
-    result["auc_roc"], result["auc_pr"] = ranking_scores(scores, labels)
-    result["cldice"] = cldice_from_counts(cldice_counts(predicted_map, truth & fov, fov))
-    return result
+    return _evaluate(probability, truth, fov, threshold)[0]
 
 
 @dataclass
@@ -145,14 +168,10 @@ class PooledEvaluator:
 
     def add(self, image_id: str, probability: np.ndarray, truth: np.ndarray,
             fov: np.ndarray | None) -> dict[str, float]:
-        fov = _check(probability, truth, fov)
-        truth = truth.astype(bool, copy=False)
-        row = image_metrics(probability, truth, fov, self.threshold)
-        scores = probability[fov]
-        labels = truth[fov]
-        self.counts = self.counts + confusion(scores >= self.threshold, labels)
-        predicted_map = (probability >= self.threshold) & fov
-        self.skeleton += cldice_counts(predicted_map, truth & fov, fov)
+        # every per-image quantity is computed once and reused for the pooled accumulators
+        row, counts, skeleton, scores, labels = _evaluate(probability, truth, fov, self.threshold)
+        self.counts = self.counts + counts
+        self.skeleton += skeleton
         bins = quantise(scores)
         self.positive_hist += np.bincount(bins[labels], minlength=HISTOGRAM_BINS)
         self.negative_hist += np.bincount(bins[~labels], minlength=HISTOGRAM_BINS)
@@ -195,13 +214,20 @@ def histogram_ranking_scores(positive: np.ndarray, negative: np.ndarray) -> tupl
 
 
 def best_f1_threshold(positive: np.ndarray, negative: np.ndarray) -> tuple[float, float]:
-    """The threshold (bin edge) maximising pooled F1, and that F1: chosen on validation data."""
+    """The threshold (bin edge) maximising pooled F1, and that F1: chosen on validation data.
+
+    `quantise` rounds, so bin b holds probabilities in [(b - 0.5) / (BINS - 1), (b + 0.5) /
+    (BINS - 1)). The F1 at "bins >= b" is the F1 of "probability >= the lower edge of bin b",
+    which is therefore the threshold returned (not the bin centre b / (BINS - 1), which would
+    drop the lower half of the chosen bin when the threshold is applied with >=).
+    """
     tps = np.cumsum(positive[::-1]).astype(np.float64)
     fps = np.cumsum(negative[::-1]).astype(np.float64)
     fns = positive.sum() - tps
     f1 = 2 * tps / np.maximum(2 * tps + fps + fns, 1)
     best = int(np.argmax(f1))
-    threshold = (HISTOGRAM_BINS - 1 - best) / (HISTOGRAM_BINS - 1)
+    lowest_bin = HISTOGRAM_BINS - 1 - best
+    threshold = max(lowest_bin - 0.5, 0.0) / (HISTOGRAM_BINS - 1)
     return float(threshold), float(f1[best])
 
 

@@ -11,6 +11,7 @@ import io
 import os
 import tempfile
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,13 +48,48 @@ def _read_bytes(path: Path) -> bytes:
     if not data:
         raise ImageReadError(path, "is empty (0 bytes)")
     if path.name.lower().endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, ValueError) as exc:
-            raise ImageReadError(path, f"is not a valid gzip file ({exc})") from exc
+        data = _gunzip(data, path)
         if not data:
             raise ImageReadError(path, "is empty after gzip decompression")
     return data
+
+
+#: Most bytes a .gz image may inflate to (16-bit RGBA at MAX_PIXELS plus headers).
+MAX_GUNZIP_BYTES = MAX_PIXELS * 8 + 2**20
+
+
+def _gunzip(data: bytes, path: Path) -> bytes:
+    """Inflate a .gz image without letting a gzip bomb exhaust memory.
+
+    The image header is checked first (declared size), and the output is capped in any case.
+    """
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+            head = handle.read(65536)
+            _check_declared_size(head, path)
+            rest = handle.read(MAX_GUNZIP_BYTES + 1 - len(head))
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise ImageReadError(path, f"is not a valid gzip file ({exc})") from exc
+    if len(head) + len(rest) > MAX_GUNZIP_BYTES:
+        raise ImageReadError(path, f"inflates to more than {MAX_GUNZIP_BYTES:,} bytes "
+                                   f"(decompression bomb?)")
+    return head + rest
+
+
+def _check_declared_size(head: bytes, path: Path) -> None:
+    """Refuse an image whose header declares more than MAX_PIXELS (when PIL can read the header)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(head)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"refused as a decompression bomb ({exc})") from exc
+    except Exception:  # noqa: BLE001 - header unreadable here; the full decode will report it
+        return
+    if width * height > MAX_PIXELS:
+        raise ImageReadError(path, f"declares {width}x{height} pixels, more than the "
+                                   f"{MAX_PIXELS:,} accepted (decompression bomb?)")
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -82,6 +118,11 @@ def _decode_with_pil(data: bytes, path: Path) -> np.ndarray:
             if width * height > MAX_PIXELS:
                 raise ImageReadError(path, f"declares {width}x{height} pixels, more than the "
                                            f"{MAX_PIXELS:,} accepted (decompression bomb?)")
+            if _is_16bit_colour(im, data):
+                # PIL keeps only the high byte of 16-bit colour: a 12-bit photo would turn black.
+                decoded = _decode_with_cv2(data)
+                if decoded is not None:
+                    return _orient(decoded, im.getexif().get(_ORIENTATION, 1))
             im.load()
             im = ImageOps.exif_transpose(im) or im
             mode = im.mode
@@ -93,6 +134,34 @@ def _decode_with_pil(data: bytes, path: Path) -> np.ndarray:
                 background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
                 return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
             return np.asarray(im.convert("RGB") if mode != "L" else im)
+
+
+_ORIENTATION = 0x0112
+_TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
+
+
+def _is_16bit_colour(im: Image.Image, data: bytes) -> bool:
+    """True for 16-bit-per-channel colour PNG/TIFF, which PIL opens as 8-bit RGB(A)."""
+    if im.mode not in ("RGB", "RGBA"):
+        return False
+    if im.format == "PNG":
+        return len(data) > 24 and data[24] == 16  # IHDR bit depth
+    if im.format == "TIFF":
+        bits = getattr(im, "tag_v2", {}).get(258, ())
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return any(b == 16 for b in bits)
+    return False
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to a uint8 array, as ImageOps.exif_transpose does."""
+    method = _TRANSPOSES.get(orientation)
+    if method is None:
+        return array
+    return np.asarray(Image.fromarray(array).transpose(method))
 
 
 def _decode_with_cv2(data: bytes) -> np.ndarray | None:
@@ -134,7 +203,11 @@ def _decode(path: str | Path) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read any supported photo as HxWx3 uint8 RGB (grayscale is replicated, alpha dropped)."""
+    """Read any supported photo as HxWx3 uint8 RGB.
+
+    Grayscale is replicated; transparent pixels are composited on black (the fundus background);
+    16-bit data is stretched by its maximum; the EXIF orientation is applied.
+    """
     array = _decode(path)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
@@ -145,11 +218,12 @@ def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None) -
     """Read an annotation or FOV mask as a boolean HxW array.
 
     Threshold (documented): files holding only 0 and 1 are labels; otherwise a pixel is foreground
-    when its 8-bit gray value is at least 128. Colour masks are converted to gray first.
+    when its 8-bit value is at least 128. Colour masks use their brightest channel, so an annotation
+    drawn in pure red, green or blue counts (their gray value would be below 128).
     """
     array = _decode(path)
     if array.ndim == 3:
-        array = cv2.cvtColor(np.ascontiguousarray(array[..., :3]), cv2.COLOR_RGB2GRAY)
+        array = array[..., :3].max(axis=2)
     mask = array > 0 if int(array.max(initial=0)) <= 1 else array >= 128
     if expected_shape is not None and mask.shape != tuple(expected_shape):
         raise ImageReadError(path, f"has size {mask.shape[1]}x{mask.shape[0]} but its image is "
@@ -169,6 +243,15 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once: os.umask is process-wide and not thread-safe
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -179,6 +262,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates the file private (0600); give the result the usual permissions.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

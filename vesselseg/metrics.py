@@ -65,7 +65,12 @@ class Precision(_ConfusionMetric):
         super().__init__(name=name, **kwargs)
 
     def result(self):
-        return self._ratio(self.tp, self.tp + self.fp)
+        # Nothing predicted: 1 only if there was nothing to find either, else 0 (an all-background
+        # model is not "precise"); the same rule as evaluation.scores_from_counts.
+        nothing_wrong = ops.where((self.fp == 0) & (self.fn == 0), 1.0, 0.0)
+        denominator = self.tp + self.fp
+        return ops.where(denominator > 0, self.tp / ops.maximum(denominator, 1e-12),
+                         ops.cast(nothing_wrong, self.tp.dtype))
 
 
 @keras.saving.register_keras_serializable("vesselseg")

@@ -35,7 +35,7 @@ def _conv_block(x, filters: int, batch_norm: bool, dropout: float, name: str):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm,
                           kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
         if dropout and i == 1:
             x = layers.SpatialDropout2D(dropout, name=f"{name}_dropout")(x)

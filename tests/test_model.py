@@ -1,0 +1,117 @@
+"""U-Net architecture: parameter count, open input size, mixed precision, registry, FLOPs."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from vesselseg.errors import ConfigError  # noqa: E402
+from vesselseg.model import (  # noqa: E402
+    architecture_names,
+    forward_flops,
+    get_model,
+    size_multiple,
+)
+
+TINY = {"base_filters": 4, "depth": 2}
+
+
+def test_classic_unet_parameter_count():
+    model = get_model("unet", base_filters=64, depth=4, batch_norm=False)
+    assert model.count_params() == 31_031_745
+    assert round(model.count_params() / 1e6, 1) == 31.0
+    assert model.output_shape == (None, None, None, 1)
+
+
+def test_weights_trained_at_512_run_on_other_sizes():
+    fixed = get_model(input_size=512, **TINY)
+    assert fixed.input_shape == (None, 512, 512, 3)
+    open_size = get_model(input_size=None, **TINY)
+    open_size.set_weights(fixed.get_weights())
+    clone = keras.models.clone_model(fixed, input_tensors=keras.Input((None, None, 3)))
+    clone.set_weights(fixed.get_weights())
+    rng = np.random.default_rng(0)
+    reference = rng.random((1, 512, 512, 3), dtype=np.float32)
+    expected = np.asarray(fixed(reference))
+    for model in (open_size, clone):
+        np.testing.assert_allclose(np.asarray(model(reference)), expected, rtol=1e-5, atol=1e-6)
+    for side in (576, 1024):
+        assert side % size_multiple(TINY["depth"]) == 0
+        image = rng.random((1, side, side, 3), dtype=np.float32)
+        for model in (open_size, clone):
+            output = np.asarray(model(image))
+            assert output.shape == (1, side, side, 1)
+            assert output.dtype == np.float32
+            assert np.all((output >= 0) & (output <= 1))
+
+
+def test_default_model_is_open_size():
+    model = get_model(**TINY)
+    for side in (512, 576):
+        assert model(np.zeros((1, side, side, 3), np.float32)).shape == (1, side, side, 1)
+    rectangular = model(np.zeros((1, 64, 96, 3), np.float32))
+    assert rectangular.shape == (1, 64, 96, 1)
+
+
+def test_output_is_float32_under_mixed_bfloat16():
+    previous = keras.mixed_precision.global_policy().name
+    try:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        model = get_model(**TINY)
+        assert model.get_layer("logits").compute_dtype == "bfloat16"
+        output = model(np.zeros((1, 64, 64, 3), np.float32))
+        assert keras.backend.standardize_dtype(output.dtype) == "float32"
+        assert model.output.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_batch_norm_and_dropout_build():
+    model = get_model(batch_norm=True, dropout=0.1, **TINY)
+    names = [layer.name for layer in model.layers]
+    assert any("_bn" in name for name in names)
+    assert any("dropout" in name for name in names)
+    assert model(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 32, 32, 1)
+
+
+def test_unknown_architecture_lists_valid_names():
+    assert "unet" in architecture_names()
+    with pytest.raises(ConfigError) as info:
+        get_model("resnet-9000", **TINY)
+    message = str(info.value)
+    assert "resnet-9000" in message
+    for name in architecture_names():
+        assert name in message
+
+
+def test_forward_flops_positive_and_quadratic_in_side():
+    model = get_model(**TINY)
+    small = forward_flops(model, 64, 64)
+    large = forward_flops(model, 128, 128)
+    assert isinstance(small, int) and small > 0
+    assert large == 4 * small
+    assert forward_flops(model, 64, 128) == 2 * small
+
+
+def test_forward_flops_hand_count():
+    # depth 1, base 2, 1 input channel, 4x4 input: every convolution counted by hand
+    model = get_model(base_filters=2, depth=1, input_channels=1)
+    h = w = 4
+    expected = 2 * (
+        h * w * 9 * 1 * 2 + h * w * 9 * 2 * 2            # down0 conv1, conv2
+        + (h // 2) * (w // 2) * 9 * 2 * 4 + (h // 2) * (w // 2) * 9 * 4 * 4  # bottleneck
+        + (h // 2) * (w // 2) * 4 * 4 * 2                 # up0: 2x2 transposed conv, 4 -> 2
+        + h * w * 9 * 4 * 2 + h * w * 9 * 2 * 2           # dec0 conv1 (after concat), conv2
+        + h * w * 1 * 2 * 1                               # logits 1x1
+    )
+    assert forward_flops(model, h, w) == expected
+
+
+def test_forward_flops_of_a_fixed_size_model():
+    fixed = get_model(input_size=512, **TINY)
+    assert forward_flops(fixed, 64, 64) == forward_flops(get_model(**TINY), 64, 64)

@@ -1,0 +1,226 @@
+"""`python -m vesselseg.test`: honest per-image metrics of a trained model on annotated images.
+
+Protocol: probabilities are mapped back to each image's native resolution and compared with the
+reference annotation only inside the FOV; the pooled row sums pixel counts over all images.
+Outputs go into a new folder (inside the run unless --out is given): metrics.csv, summary.json,
+roc_pr.png, and per image a probability PNG, a binary mask PNG and a comparison panel.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .cli import run_cli
+from .datasets import read_dataset, reader_names
+from .errors import DatasetError, VesselsegError
+from .evaluation import METRIC_NAMES, PooledEvaluator, summary_rows
+from .fov import estimate_fov
+from .inference import PRETRAINED_DIR, Segmenter
+from .io import read_image, read_mask, write_png, write_text_atomic
+from .outputs import new_folder, write_probability
+from .plots import comparison_panel, roc_pr_curves
+
+PROTOCOL = ("native resolution; pixels inside the FOV only; pooled row = metrics of the summed "
+            "pixel counts over all images; mean/std rows over per-image figures")
+
+
+@dataclass(frozen=True)
+class TestItem:
+    """An annotated image at native resolution."""
+
+    id: str
+    image: Path
+    annotation: Path
+    fov: Path | None  # None: estimated from the image
+    fov_source: str
+
+
+def items_from_manifest(folder: str | Path, split: str = "test") -> list[TestItem]:
+    from .preprocess import load_manifest
+
+    manifest = load_manifest(folder)
+    rows = manifest[(manifest["split"] == split) & (manifest["augment_of"] == "")]
+    if rows.empty:
+        raise DatasetError(f"{folder}: no {split!r} images in the manifest")
+    return [TestItem(r["id"], Path(r["native_image"]), Path(r["native_annotation"]),
+                     Path(r["native_fov"]) if r["native_fov"] else None, r["fov_source"])
+            for _, r in rows.iterrows()]
+
+
+def items_from_dataset(dataset: str, source: str | Path, split: str = "test") -> list[TestItem]:
+    result = read_dataset(dataset, source)
+    chosen = [s for s in result.samples if s.split == split]
+    if not chosen:
+        raise DatasetError(f"{source}: dataset {dataset!r} has no {split!r} images")
+    return [TestItem(s.id, s.image, s.annotation, s.fov, "official" if s.fov else "estimated")
+            for s in chosen]
+
+
+@dataclass
+class TestReport:
+    out: Path
+    table: pd.DataFrame
+    pooled: dict
+    failures: list[tuple[str, str]]
+
+
+def _load(item: TestItem):
+    image = read_image(item.image)
+    truth = read_mask(item.annotation, image.shape[:2])
+    fov = read_mask(item.fov, image.shape[:2]) if item.fov else estimate_fov(image)
+    return image, (truth, fov)
+
+
+def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
+             save_images: bool = True, progress: bool = True,
+             description: dict | None = None) -> TestReport:
+    """Evaluate `segmenter` on `items`; write the result files into the (new) folder `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluator = PooledEvaluator(threshold=segmenter.threshold)
+    failures: list[tuple[str, str]] = []
+    truths: dict[str, tuple] = {}
+
+    def load(item: TestItem):
+        image, extra = _load(item)
+        truths[item.id] = (image, *extra)
+        return image, extra[1]
+
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        jobs = []
+        stream = segmenter.predict_many(items, load)
+        for item, result in tqdm(stream, total=len(items), desc="test", unit="img",
+                                 disable=not progress):
+            if isinstance(result, Exception):
+                failures.append((str(item.image), str(result)))
+                continue
+            image, truth, fov = truths.pop(item.id)
+            evaluator.add(item.id, result.probability, truth, fov)
+            if save_images:
+                jobs.append(writer.submit(_write_item_outputs, out, item.id, image, truth, fov,
+                                          result))
+        for job in jobs:
+            job.result()
+    if not evaluator.rows:
+        raise DatasetError("no image could be evaluated: " + "; ".join(m for _, m in failures))
+    pooled = evaluator.pooled()
+    table = pd.DataFrame(summary_rows(evaluator.rows, pooled),
+                         columns=["id", *METRIC_NAMES, "threshold"])
+    write_text_atomic(out / "metrics.csv", table.to_csv(index=False, float_format="%.6f"))
+    roc_pr_curves(evaluator.curves(), pooled["auc_roc"], pooled["auc_pr"], out / "roc_pr.png")
+    summary = {
+        "protocol": PROTOCOL,
+        "threshold": segmenter.threshold,
+        "tta": segmenter.tta,
+        "model": segmenter.source,
+        "images": len(evaluator.rows),
+        "fov": sorted({i.fov_source for i in items}),
+        "pooled": pooled,
+        "mean": table[table["id"] == "mean"].iloc[0][list(METRIC_NAMES)].to_dict(),
+        "std": table[table["id"] == "std"].iloc[0][list(METRIC_NAMES)].to_dict(),
+        "failures": failures,
+        **(description or {}),
+    }
+    write_text_atomic(out / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
+    return TestReport(out, table, pooled, failures)
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return _clean(value.item())
+    return value
+
+
+def _write_item_outputs(out: Path, item_id: str, image, truth, fov, prediction) -> None:
+    write_probability(out / "probabilities" / f"{item_id}.png", prediction.probability)
+    write_png(out / "masks" / f"{item_id}.png", prediction.mask)
+    comparison_panel(image, truth & fov, prediction.probability, prediction.mask, fov,
+                     f"{item_id} (threshold {prediction.threshold:.3f})",
+                     out / "panels" / f"{item_id}.png")
+
+
+def format_table(table: pd.DataFrame) -> str:
+    columns = ["id", "accuracy", "sensitivity", "specificity", "precision", "f1", "iou", "mcc",
+               "auc_roc", "auc_pr", "cldice"]
+    return table[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vesselseg.test",
+        description="Per-image and pooled metrics of a trained model on annotated images, at "
+                    "native resolution inside the FOV (" + PROTOCOL + ").")
+    parser.add_argument("--run", help="run folder from vesselseg.train (default: the shipped "
+                                      "pretrained model)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="preprocessed folder (uses its manifest)")
+    source.add_argument("--dataset", choices=reader_names(), help="raw dataset reader")
+    parser.add_argument("--source", help="raw dataset folder (with --dataset)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    parser.add_argument("--tta", action="store_true", help="average flipped predictions")
+    parser.add_argument("--threshold", type=float,
+                        help="decision threshold (default: the run's validation-chosen one)")
+    parser.add_argument("--out", help="output folder (default: a new folder in RUN/tests/)")
+    parser.add_argument("--no-images", action="store_true",
+                        help="skip per-image PNGs and panels (metrics only)")
+    return parser
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.data:
+        items = items_from_manifest(args.data, args.split)
+        data_label = str(args.data)
+    else:
+        items = items_from_dataset(args.dataset, args.source, args.split)
+        data_label = f"{args.dataset}:{args.source}"
+    kwargs = {"tta": args.tta}
+    if args.threshold is not None:
+        kwargs["threshold"] = args.threshold
+    segmenter = Segmenter.from_run(args.run, **kwargs) if args.run else \
+        Segmenter.pretrained(**kwargs)
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()):
+            raise VesselsegError(f"{out}: output folder is not empty; choose a new --out")
+    elif args.run:
+        out = new_folder(Path(args.run) / "tests", args.split)
+    else:
+        out = new_folder("artifacts/tests", f"pretrained_{args.split}")
+    report = run_test(segmenter, items, out, save_images=not args.no_images,
+                      description={"data": data_label, "split": args.split,
+                                   "run": str(args.run or PRETRAINED_DIR)})
+    print(format_table(report.table))
+    print(f"\n{PROTOCOL}; threshold {segmenter.threshold:.3f}" + (", flip TTA" if args.tta else ""))
+    print(f"results: {report.out}")
+    for path, message in report.failures:
+        print(f"error: {message}", file=sys.stderr)
+    if report.failures:
+        print(f"error: {len(report.failures)} image(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .inference import quiet_tensorflow
+
+    quiet_tensorflow()
+    return run_cli(_main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
