@@ -40,6 +40,12 @@ class PreprocessConfig:
             raise ConfigError(f"size: {self.size} must be a multiple of 32 (and at least 32)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction: {self.val_fraction} must be in [0, 1)")
+        if self.augment < 0:
+            raise ConfigError(f"augment: {self.augment} must be 0 or more")
+        if self.clahe_tiles < 1:
+            raise ConfigError(f"clahe_tiles: {self.clahe_tiles} must be at least 1")
+        if not self.clahe_clip > 0:
+            raise ConfigError(f"clahe_clip: {self.clahe_clip} must be positive")
 
 
 @dataclass
@@ -145,7 +151,11 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         if key not in names:
             raise ConfigError(f"{prefix}{key}: unknown key (valid keys: {', '.join(sorted(names))})")
     values = {key: _check_type(prefix + key, value, hints[key]) for key, value in data.items()}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        # __post_init__ names the field only; add the section so a nested key is named in full.
+        raise ConfigError(f"{prefix}{exc}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

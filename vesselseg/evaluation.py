@@ -108,8 +108,8 @@ def cldice_counts(predicted: np.ndarray, truth: np.ndarray, fov: np.ndarray) -> 
     pred_skeleton = skeletonize(predicted) & fov
     truth_skeleton = skeletonize(truth) & fov
     return np.array([np.count_nonzero(pred_skeleton & truth), np.count_nonzero(pred_skeleton),
-                     np.count_nonzero(truth_skeleton & predicted), np.count_nonzero(truth_skeleton)],
-                    dtype=np.int64)
+                     np.count_nonzero(truth_skeleton & predicted),
+                     np.count_nonzero(truth_skeleton)], dtype=np.int64)
 
 
 def cldice_from_counts(counts: np.ndarray) -> float:

@@ -16,6 +16,7 @@ import json
 import random
 import shutil
 import sys
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -127,7 +128,26 @@ def process_sample(sample: Sample, out: Path, config: PreprocessConfig) -> list[
 
 
 def _stable_hash(text: str) -> int:
-    return int.from_bytes(text.encode("utf-8")[:8].ljust(8, b"\0"), "little") % (2**31)
+    """A seed from the whole id, stable across runs (ids sharing a prefix get different seeds)."""
+    return zlib.crc32(text.encode("utf-8")) % (2**31)
+
+
+def _remove_stale_parts(out: Path) -> None:
+    """Delete temporary `.name.XXXX.part` files a killed run left behind."""
+    for folder in (out, *(out / name for name in ("images", "vessels", "fov", "native_fov"))):
+        if folder.is_dir():
+            for stale in folder.glob(".*.part"):
+                stale.unlink(missing_ok=True)
+
+
+def _read_settings(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: unreadable ({exc}); pass --overwrite to redo the folder") \
+            from None
 
 
 def preprocess_dataset(dataset: str, source: str | Path | None, out: str | Path,
@@ -147,8 +167,8 @@ def preprocess_dataset(dataset: str, source: str | Path | None, out: str | Path,
             elif target.exists():
                 target.unlink()
     previous = out / SETTINGS
-    if previous.exists():
-        old = json.loads(previous.read_text(encoding="utf-8"))
+    old = _read_settings(previous)
+    if old is not None:
         if old != settings:
             raise DatasetError(f"{out} already holds data preprocessed with other settings "
                                f"({previous}); choose another --out or pass --overwrite")
@@ -160,12 +180,14 @@ def preprocess_dataset(dataset: str, source: str | Path | None, out: str | Path,
                            f"--skip-missing")
     samples = assign_validation(result.samples, config.val_fraction, config.seed)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(previous, json.dumps(settings, indent=2) + "\n")
+    if old is None:  # identical settings are not rewritten: a finished folder stays untouched
+        write_text_atomic(previous, json.dumps(settings, indent=2) + "\n")
     if (out / MANIFEST).exists():
         manifest = pd.read_csv(out / MANIFEST)
         return PreprocessReport(out, manifest["split"].value_counts().to_dict(),
                                 [(str(p), why) for p, why in result.skipped], [], len(manifest))
 
+    _remove_stale_parts(out)
     rows: list[dict] = []
     failed: list[tuple[str, str]] = []
 
@@ -250,10 +272,11 @@ def _main(args: argparse.Namespace) -> int:
         print(f"error: {len(report.failed)} file(s) failed; no manifest written. Fix or remove "
               f"them and re-run (finished samples are kept).", file=sys.stderr)
         return 1
-    if report.reused:
-        print(f"{report.out} is already complete ({report.reused} rows); nothing to do "
-              f"(pass --overwrite to redo it)")
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(report.counts.items()))
+    if report.reused:  # nothing was written: do not claim so
+        print(f"{report.out} is already complete ({report.reused} rows; {counts}); nothing to do "
+              f"(pass --overwrite to redo it)")
+        return 0
     print(f"wrote {report.out / MANIFEST} ({counts})")
     return 0
 

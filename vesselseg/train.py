@@ -11,6 +11,8 @@ import argparse
 import hashlib
 import json
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import asdict, replace
@@ -102,6 +104,11 @@ def build_callbacks(config: TrainConfig, run: Path, best_so_far: float | None, s
         callbacks.append(keras.callbacks.LearningRateScheduler(cosine))
     if config.budget_minutes:
         callbacks.append(WallClockBudget(config.budget_minutes * 60.0, start))
+    kill_after = os.environ.get("VESSELSEG_KILL_AFTER_EPOCH")
+    if kill_after:  # crash simulation for the resume tests: SIGKILL ourselves after an epoch
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: os.kill(os.getpid(), signal.SIGKILL)
+            if epoch + 1 == int(kill_after) else None))
     return callbacks
 
 
@@ -191,7 +198,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
                         steps_per_epoch=steps_per_epoch(train_rows, global_batch,
                                                         config.steps_per_epoch),
-                        callbacks=callbacks, verbose=1 if progress else 2)
+                        callbacks=callbacks, shuffle=False, verbose=1 if progress else 2)
     seconds = time.monotonic() - start
     losses = history.history.get("loss", [])
     diverged = bool(losses) and not all(math.isfinite(v) for v in losses)
@@ -256,13 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-name")
     parser.add_argument("--runs-dir", help="parent folder of run folders (artifacts/runs)")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch")
+    parser.add_argument("--cpu-replicas", type=int, default=0,
+                        help="split the CPU into N logical devices and train with a "
+                             "MirroredStrategy over them (exercises the multi-GPU code path)")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = load_config(TrainConfig, args.config) if args.config else TrainConfig()
     overrides = {key: value for key, value in vars(args).items()
-                 if key not in ("config", "quiet") and value is not None}
+                 if key not in ("config", "quiet", "cpu_replicas") and value is not None}
     try:
         return from_dict(TrainConfig, {**asdict(config), **overrides})
     except TypeError as exc:
@@ -271,7 +281,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    run = train(config, progress=not args.quiet)
+    devices = None
+    if args.cpu_replicas > 1:
+        from .devices import split_cpu
+
+        devices = [d.name for d in split_cpu(args.cpu_replicas)]
+    run = train(config, devices=devices, progress=not args.quiet)
     status = json.loads((run / STATUS_FILE).read_text(encoding="utf-8"))
     print(f"run folder: {run}\nepochs: {status['epochs']}, {status['seconds'] / 60:.1f} min, "
           f"threshold (validation best F1): {status['threshold']:.3f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DatasetError
+from ..io import is_image_file
 from .base import ReadResult, Sample, find_with_suffixes, register_reader
 
 
@@ -19,8 +20,8 @@ def read_drive(source: Path) -> ReadResult:
         if not images.is_dir():
             continue
         for image in sorted(images.iterdir()):
-            if image.name.startswith(".") or not image.is_file():
-                continue
+            if not image.is_file() or not is_image_file(image):
+                continue  # hidden files, Thumbs.db, notes...
             number = image.name.split("_")[0]
             annotation = find_with_suffixes(source / folder / "1st_manual", f"{number}_manual1",
                                             (".gif", ".png", ".tif"))

@@ -30,12 +30,22 @@ def _stem(path: Path) -> str:
 def _index(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
-    return {_stem(p): p for p in sorted(folder.iterdir()) if p.is_file() and is_image_file(p)}
+    index: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not (path.is_file() and is_image_file(path)):
+            continue
+        stem = _stem(path)
+        if stem in index:  # e.g. a.jpg and a.png: which one is meant is ambiguous
+            raise DatasetError(f"{folder}: two files with the stem {stem!r} ({index[stem].name}, "
+                               f"{path.name}); keep one")
+        index[stem] = path
+    return index
 
 
 def read_split_file(path: Path) -> dict[str, str]:
     splits: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8") as handle:
+    # utf-8-sig: a spreadsheet's byte-order mark must not hide the "id" column.
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         for line, row in enumerate(csv.DictReader(handle), start=2):
             name, split = (row.get("id") or "").strip(), (row.get("split") or "").strip()
             if split not in SPLITS:

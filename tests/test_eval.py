@@ -1,0 +1,98 @@
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from vesselseg.eval import collect_images, main
+from vesselseg.io import read_image
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """The same retina photo as JPEG, grayscale PNG, RGBA PNG and 16-bit TIFF."""
+    folder = tmp_path_factory.mktemp("photos")
+    retina = cv2.resize(skdata.retina(), (300, 300), interpolation=cv2.INTER_AREA)
+    Image.fromarray(retina).save(folder / "retina.jpg", quality=92)
+    Image.fromarray(retina).convert("L").save(folder / "gray scale.png")
+    rgba = np.dstack([retina, np.full(retina.shape[:2], 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    cv2.imwrite(str(folder / "sixteen.tif"), cv2.cvtColor(retina, cv2.COLOR_RGB2BGR)
+                .astype(np.uint16) * 257)
+    return folder
+
+
+def test_every_format_is_segmented_at_native_size(tiny_run, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([str(photos), "--run", str(tiny_run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("vessel density") == 4
+    for stem in ("retina", "gray scale", "rgba", "sixteen"):
+        for kind in ("probability", "mask", "overlay"):
+            written = read_image(out / f"{stem}_{kind}.png")
+            assert written.shape[:2] == (300, 300), (stem, kind)
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["results"]) == 4 and all(r["error"] is None for r in summary["results"])
+
+
+def test_broken_file_is_reported_and_the_others_still_processed(tiny_run, photos, tmp_path,
+                                                                capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes((photos / "retina.jpg").read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "z.png").write_bytes((photos / "rgba.png").read_bytes())
+    out = tmp_path / "out"
+    assert main([str(folder), "--run", str(tiny_run), "--out", str(out), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.err and "empty.jpg" in captured.err
+    assert "2 of 4 image(s) failed" in captured.err
+    assert (out / "a_overlay.png").exists() and (out / "z_overlay.png").exists()
+    assert not (out / "broken_mask.png").exists()
+    results = json.loads(captured.out)
+    assert [r["error"] is None for r in results] == [True, False, False, True]
+
+
+def test_existing_outputs_need_overwrite(tiny_run, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    image = str(photos / "retina.jpg")
+    assert main([image, "--run", str(tiny_run), "--out", str(out)]) == 0
+    before = (out / "retina_mask.png").stat().st_mtime_ns
+    assert main([image, "--run", str(tiny_run), "--out", str(out)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "retina_mask.png").stat().st_mtime_ns == before
+    assert main([image, "--run", str(tiny_run), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_empty_folder_and_missing_input_are_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 1
+    assert "no image files" in capsys.readouterr().err
+    assert main([str(tmp_path / "nothing.jpg")]) == 1
+    assert "nothing.jpg" in capsys.readouterr().err
+
+
+def test_full_size_hrf_image(tiny_run, hrf_dir, tmp_path):
+    out = tmp_path / "hrf"
+    assert main([str(hrf_dir / "images" / "01_h.jpg"), "--run", str(tiny_run), "--out",
+                 str(out)]) == 0
+    assert read_image(out / "01_h_mask.png").shape[:2] == (2336, 3504)
+
+
+def test_collect_images_skips_non_images(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    (tmp_path / "b.png").write_bytes(b"")
+    assert [p.name for p in collect_images([tmp_path])] == ["b.png"]
+
+
+def test_help():
+    result = subprocess.run([sys.executable, "-m", "vesselseg.eval", "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0
+    for flag in ("--run", "--out", "--tta", "--threshold", "--json"):
+        assert flag in result.stdout

@@ -1,0 +1,114 @@
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+from vesselseg.config import PreprocessConfig
+from vesselseg.datasets import generate_fundus
+from vesselseg.errors import ModelLoadError
+from vesselseg.inference import Segmenter, load_keras_model
+from vesselseg.model import get_model
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_run):
+    return Segmenter.from_run(tiny_run)
+
+
+@pytest.mark.parametrize("shape", [(100, 140), (333, 257), (128, 128)])
+def test_probabilities_come_back_at_native_size(segmenter, shape):
+    image = np.random.default_rng(0).integers(0, 255, (*shape, 3), dtype=np.uint8)
+    prediction = segmenter.predict(image)
+    assert prediction.probability.shape == shape and prediction.mask.shape == shape
+    assert prediction.probability.dtype == np.float32
+    assert 0.0 <= prediction.probability.min() and prediction.probability.max() <= 1.0
+    assert not prediction.mask[~prediction.fov].any()
+
+
+def test_run_threshold_is_used_by_default(tiny_run, segmenter):
+    import json
+
+    expected = json.loads((tiny_run / "threshold.json").read_text())["threshold"]
+    assert segmenter.threshold == pytest.approx(expected)
+    assert Segmenter.from_run(tiny_run, threshold=0.3).threshold == 0.3
+
+
+def test_flip_tta_averages_four_flips(segmenter):
+    fundus = generate_fundus(7, 128)
+    plain = segmenter.predict(fundus.image, fundus.fov).probability
+    segmenter.tta = True
+    try:
+        tta = segmenter.predict(fundus.image, fundus.fov).probability
+    finally:
+        segmenter.tta = False
+    assert tta.shape == plain.shape and not np.allclose(tta, plain)
+    # TTA of a horizontally flipped photo is the flipped TTA of the photo
+    segmenter.tta = True
+    try:
+        flipped = segmenter.predict(fundus.image[:, ::-1].copy(), fundus.fov[:, ::-1].copy())
+    finally:
+        segmenter.tta = False
+    assert np.allclose(flipped.probability[:, ::-1], tta, atol=1e-4)
+
+
+def test_tiled_prediction_agrees_with_whole_image_inside_tiles():
+    keras.utils.set_random_seed(1)
+    model = get_model("unet", base_filters=4, depth=2, batch_norm=False)
+    config = PreprocessConfig(size=64, crop_to_fov=False)
+    image = (np.random.default_rng(1).random((1, 128, 128, 3))).astype(np.float32)
+    whole = Segmenter(model, config, working_size=128)
+    whole.working_size = 64  # run the 128 input in one piece through the model
+    full = whole._predict_tensor(image)[0]
+    tiled = Segmenter(model, config, working_size=128, tile_overlap=16)._predict_tiled(image[0])
+    # away from tile borders (receptive field) the two agree
+    inner = (slice(12, 40), slice(12, 40))
+    assert np.allclose(full[inner], tiled[inner], atol=1e-4)
+    assert tiled.shape == full.shape
+
+
+def test_large_working_size_uses_tiles(tiny_run):
+    segmenter = Segmenter.from_run(tiny_run, working_size=256)
+    fundus = generate_fundus(3, 300)
+    prediction = segmenter.predict(fundus.image)
+    assert prediction.probability.shape == (300, 300)
+
+
+def test_predict_many_reports_errors_per_item(segmenter, tmp_path):
+    from vesselseg.io import read_image, write_png
+
+    good = tmp_path / "good.png"
+    write_png(good, generate_fundus(1, 96).image)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    results = list(segmenter.predict_many([good, bad, good], lambda p: (read_image(p), None)))
+    assert [type(r).__name__ for _, r in results] == ["Prediction", "ImageReadError",
+                                                       "Prediction"]
+    assert "bad.png" in str(results[1][1])
+
+
+def test_missing_run_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Segmenter.from_run(tmp_path / "nope")
+    with pytest.raises(ModelLoadError, match="not a vesselseg run folder"):
+        Segmenter.from_run(tmp_path)
+
+
+def test_a_file_that_is_not_a_model_is_refused(tmp_path):
+    path = tmp_path / "fake.keras"
+    path.write_bytes(b"definitely not a zip")
+    with pytest.raises(ModelLoadError, match="fake.keras"):
+        load_keras_model(path)
+    with zipfile.ZipFile(tmp_path / "empty.keras", "w") as archive:
+        archive.writestr("hello.txt", "hi")
+    with pytest.raises(ModelLoadError):
+        load_keras_model(tmp_path / "empty.keras")
+
+
+def test_lambda_layer_is_refused_by_safe_mode(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(ModelLoadError, match="safe mode"):
+        load_keras_model(path)

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vesselseg.config import AugmentConfig
+from vesselseg.errors import DatasetError
+from vesselseg.pipeline import augment, make_dataset, split_rows, steps_per_epoch
+from vesselseg.preprocess import load_manifest
+
+
+def test_batches_have_image_and_target_with_fov(synthetic_preprocessed):
+    rows = split_rows(load_manifest(synthetic_preprocessed), "train")
+    images, targets = next(iter(make_dataset(rows, 2, training=True, augment_config=None)))
+    assert images.shape == (2, 128, 128, 3) and images.dtype == tf.float32
+    assert targets.shape == (2, 128, 128, 2)
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+    assert set(np.unique(targets.numpy())) <= {0.0, 1.0}
+
+
+def test_training_stream_is_reproducible_for_a_seed(synthetic_preprocessed):
+    rows = split_rows(load_manifest(synthetic_preprocessed), "train")
+    first = [b[0].numpy() for b in make_dataset(rows, 2, True, seed=5,
+                                                augment_config=AugmentConfig()).take(3)]
+    second = [b[0].numpy() for b in make_dataset(rows, 2, True, seed=5,
+                                                 augment_config=AugmentConfig()).take(3)]
+    other = [b[0].numpy() for b in make_dataset(rows, 2, True, seed=6,
+                                                augment_config=AugmentConfig()).take(3)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_augmentation_moves_image_and_masks_together():
+    # the image *is* the vessel mask: after any geometric change they must still coincide
+    rng = np.random.default_rng(0)
+    mask = (rng.random((64, 64, 1)) > 0.7).astype(np.float32)
+    mask = tf.constant(np.kron(mask[:16, :16, 0], np.ones((4, 4)))[..., None], tf.float32)
+    image = tf.concat([mask, mask, mask], -1)
+    target = tf.concat([mask, tf.ones_like(mask)], -1)
+    geometric = AugmentConfig(brightness=0, contrast=0, gamma=0, hue=0, saturation=0)
+    for index in range(8):
+        out_image, out_target = augment(image, target, tf.constant([1, index], tf.int64),
+                                        geometric)
+        vessels = out_target[..., 0].numpy()
+        fov = out_target[..., 1].numpy() > 0
+        agreement = ((out_image[..., 0].numpy() >= 0.5) == (vessels > 0.5))[fov].mean()
+        assert agreement > 0.97
+
+
+def test_photometric_augmentation_keeps_outside_fov_black():
+    image = tf.fill((32, 32, 3), 0.5)
+    fov = np.zeros((32, 32, 1), np.float32)
+    fov[8:24, 8:24] = 1
+    target = tf.concat([tf.zeros((32, 32, 1)), tf.constant(fov)], -1)
+    out, _ = augment(image, target, tf.constant([0, 1], tf.int64),
+                     AugmentConfig(flips=False, rot90=False, rotation_degrees=0, scale_range=0))
+    assert float(tf.reduce_max(out[:4])) == 0.0
+
+
+def test_missing_split_is_a_clear_error(synthetic_preprocessed):
+    manifest = load_manifest(synthetic_preprocessed)
+    with pytest.raises(DatasetError, match="no 'nope' images"):
+        split_rows(manifest, "nope")
+
+
+def test_steps_per_epoch():
+    import pandas as pd
+
+    rows = pd.DataFrame({"a": range(17)})
+    assert steps_per_epoch(rows, 4) == 5
+    assert steps_per_epoch(rows, 4, requested=20) == 20

@@ -1,0 +1,65 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vesselseg.evaluation import METRIC_NAMES
+from vesselseg.inference import Segmenter
+from vesselseg.test import items_from_manifest, main, run_test
+
+
+def test_metrics_csv_summary_and_figures_on_synthetic(tiny_run, synthetic_preprocessed, tmp_path):
+    out = tmp_path / "result"
+    report = run_test(Segmenter.from_run(tiny_run), items_from_manifest(synthetic_preprocessed),
+                      out, progress=False)
+    table = pd.read_csv(out / "metrics.csv")
+    test_ids = [i.id for i in items_from_manifest(synthetic_preprocessed)]
+    assert list(table["id"]) == [*test_ids, "pooled", "mean", "std"]
+    assert list(table.columns) == ["id", *METRIC_NAMES, "threshold"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert "inside the FOV" in summary["protocol"] and summary["images"] == len(test_ids)
+    assert summary["pooled"]["f1"] == pytest.approx(report.pooled["f1"])
+    for item_id in test_ids:
+        for folder in ("probabilities", "masks", "panels"):
+            assert (out / folder / f"{item_id}.png").exists()
+    assert (out / "roc_pr.png").stat().st_size > 10_000
+    assert not list(out.rglob("*.part"))
+
+
+def test_cli_on_twenty_real_drive_test_images(tiny_run, drive_dir, capsys):
+    code = main(["--run", str(tiny_run), "--dataset", "drive", "--source", str(drive_dir),
+                 "--no-images"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "pooled" in printed and "inside the FOV" in printed
+    (result,) = list((tiny_run / "tests").iterdir())
+    table = pd.read_csv(result / "metrics.csv")
+    assert len(table) == 23 and table["id"].iloc[20] == "pooled"
+    assert np.isfinite(table.iloc[20:][list(METRIC_NAMES)].to_numpy()).all()
+    summary = json.loads((result / "summary.json").read_text())
+    assert summary["fov"] == ["official"] and summary["images"] == 20
+
+
+def test_missing_run_folder_exits_non_zero(tmp_path, synthetic_preprocessed, capsys):
+    assert main(["--run", str(tmp_path / "missing"), "--data", str(synthetic_preprocessed)]) == 1
+    assert "missing" in capsys.readouterr().err
+
+
+def test_missing_annotation_folder(tiny_run, tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    from vesselseg.datasets import generate_fundus
+    from vesselseg.io import write_png
+
+    write_png(tmp_path / "images" / "a.png", generate_fundus(0, 64).image)
+    code = main(["--run", str(tiny_run), "--dataset", "folder", "--source", str(tmp_path),
+                 "--split", "train"])
+    assert code == 1 and "masks" in capsys.readouterr().err
+
+
+def test_help():
+    result = subprocess.run([sys.executable, "-m", "vesselseg.test", "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "--tta" in result.stdout and "--threshold" in result.stdout

@@ -1,0 +1,101 @@
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from run_fixtures import tiny_config
+
+from vesselseg.config import TrainConfig, load_config
+from vesselseg.errors import ConfigError
+from vesselseg.train import TrainingDiverged, main, train
+
+RUN_FILES = ("config.json", "best.keras", "history.csv", "learning_curves.png", "tensorboard",
+             "threshold.json", "environment.json", "status.json")
+
+
+def test_run_folder_has_every_file_and_a_falling_loss(synthetic_preprocessed, tmp_path):
+    run = train(tiny_config(synthetic_preprocessed, tmp_path, epochs=3, steps_per_epoch=4,
+                            learning_rate=3e-3), progress=False)
+    for name in RUN_FILES:
+        assert (run / name).exists(), name
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == [0, 1, 2]
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    config = load_config(TrainConfig, run / "config.json")
+    assert config.base_filters == 4 and config.preprocess.size == 128
+    threshold = json.loads((run / "threshold.json").read_text())
+    assert 0.0 <= threshold["threshold"] <= 1.0 and threshold["validation_images"]
+    environment = json.loads((run / "environment.json").read_text())
+    assert environment["precision_policy"] in ("float32", "mixed_bfloat16")
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_a_finished_run_is_never_reused(synthetic_preprocessed, tmp_path):
+    config = tiny_config(synthetic_preprocessed, tmp_path, epochs=1, steps_per_epoch=1)
+    first = train(config, progress=False)
+    second = train(config, progress=False)
+    assert first != second and first.exists() and second.exists()
+
+
+def _train_command(data, runs, epochs):
+    return [sys.executable, "-m", "vesselseg.train", "--data", str(data), "--runs-dir", str(runs),
+            "--epochs", str(epochs), "--base-filters", "4", "--depth", "2", "--steps-per-epoch",
+            "2", "--batch-size", "2", "--quiet"]
+
+
+def test_a_killed_run_resumes_at_the_right_epoch(synthetic_preprocessed, tmp_path):
+    command = _train_command(synthetic_preprocessed, tmp_path, epochs=4)
+    env = {**os.environ, "VESSELSEG_KILL_AFTER_EPOCH": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    killed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert killed.returncode == -9  # SIGKILL
+    (run,) = list(tmp_path.iterdir())
+    assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1]
+    env.pop("VESSELSEG_KILL_AFTER_EPOCH")
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming unfinished run" in resumed.stdout
+    assert list(tmp_path.iterdir()) == [run]
+    assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1, 2, 3]
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_nan_loss_stops_with_a_clear_message(synthetic_preprocessed, tmp_path):
+    config = tiny_config(synthetic_preprocessed, tmp_path, epochs=3, learning_rate=1e38,
+                         batch_norm=False, loss="bce")
+    with pytest.raises(TrainingDiverged, match="NaN"):
+        train(config, progress=False)
+
+
+def test_mirrored_strategy_over_two_logical_cpus(synthetic_preprocessed, tmp_path):
+    command = _train_command(synthetic_preprocessed, tmp_path, epochs=1) + ["--cpu-replicas", "2"]
+    result = subprocess.run(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = list(tmp_path.iterdir())
+    environment = json.loads((run / "environment.json").read_text())
+    assert environment["strategy"] == "MirroredStrategy" and environment["replicas"] == 2
+
+
+def test_config_file_with_unknown_key_names_it(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"epochs": 2, "learnig_rate": 0.1}))
+    assert main(["--config", str(path)]) == 1
+    assert "learnig_rate" in capsys.readouterr().err
+
+
+def test_config_file_with_wrong_type_names_the_key(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"epochs": "many"}))
+    with pytest.raises(ConfigError, match="epochs"):
+        load_config(TrainConfig, path)
+
+
+def test_help_lists_the_common_settings():
+    result = subprocess.run([sys.executable, "-m", "vesselseg.train", "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0
+    for flag in ("--data", "--config", "--epochs", "--batch-size", "--learning-rate",
+                 "--base-filters", "--loss", "--seed", "--run-name"):
+        assert flag in result.stdout

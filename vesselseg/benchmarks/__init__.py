@@ -1,0 +1,1 @@
+"""Timing benchmarks, runnable as modules (python -m vesselseg.benchmarks.NAME --help)."""
