@@ -37,7 +37,8 @@ def test_preprocess_config_round_trip(tmp_path):
 
 
 def test_defaults_round_trip(tmp_path):
-    assert load_config(TrainConfig, save_config(TrainConfig(), tmp_path / "d.json")) == TrainConfig()
+    path = save_config(TrainConfig(), tmp_path / "d.json")
+    assert load_config(TrainConfig, path) == TrainConfig()
     assert from_dict(TrainConfig, to_dict(TrainConfig())) == TrainConfig()
 
 

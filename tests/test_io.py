@@ -275,7 +275,8 @@ def test_too_small_image(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # PIL: "Corrupt EXIF data" on random TIFFs
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(prefix=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"II*\x00",
                                b"MM\x00*", b"GIF89a", b"P6\n", b"BM"]),
        body=st.binary(max_size=600),

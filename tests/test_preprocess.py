@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -17,6 +16,7 @@ from PIL import Image
 
 from vesselseg.config import PreprocessConfig
 from vesselseg.datasets import generate_fundus, read_dataset
+from vesselseg.errors import DatasetError
 from vesselseg.io import write_png
 from vesselseg.preprocess import (
     MANIFEST,
@@ -78,8 +78,8 @@ def drive_subset(drive_dir, tmp_path) -> Path:
     """Four DRIVE photos (21, 22 training; 01, 02 test) linked into the DRIVE folder layout."""
     root = tmp_path / "DRIVE"
     for split, numbers in (("training", (21, 22)), ("test", (1, 2))):
-        names = {"images": "{n:02d}_%s.tif" % split, "1st_manual": "{n:02d}_manual1.gif",
-                 "mask": "{n:02d}_%s_mask.gif" % split}
+        names = {"images": "{n:02d}_" + split + ".tif", "1st_manual": "{n:02d}_manual1.gif",
+                 "mask": "{n:02d}_" + split + "_mask.gif"}
         if split == "test":
             names["2nd_manual"] = "{n:02d}_manual2.gif"
         for folder, pattern in names.items():
@@ -452,10 +452,7 @@ def test_preprocess_does_not_import_tensorflow():
 
 
 def test_load_manifest_without_preprocessing(tmp_path):
-    from vesselseg.errors import DatasetError
-
     with pytest.raises(DatasetError, match="no manifest"):
         load_manifest(tmp_path)
     with pytest.raises(DatasetError, match="missing"):
         load_preprocess_config(tmp_path)
-    shutil.rmtree(tmp_path)

@@ -149,7 +149,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise ConfigError(f"{prefix}{key}: unknown key (valid keys: {', '.join(sorted(names))})")
+            raise ConfigError(f"{prefix}{key}: unknown key "
+                              f"(valid keys: {', '.join(sorted(names))})")
     values = {key: _check_type(prefix + key, value, hints[key]) for key, value in data.items()}
     try:
         return cls(**values)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .cli import run_cli
 from .config import PreprocessConfig, TrainConfig
-from .inference import PRETRAINED_DIR, MODEL_FILE, Segmenter
+from .inference import MODEL_FILE, PRETRAINED_DIR, Segmenter
 from .io import write_png
 
 

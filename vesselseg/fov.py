@@ -9,7 +9,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-
 #: The border counts as a dark surround only when it is at most this fraction of the FOV's
 #: brightness (real fundus surrounds measure 0-1 % on DRIVE, CHASE_DB1 and HRF).
 DARK_SURROUND_RATIO = 0.25

@@ -1,4 +1,4 @@
-"""The one inference engine shared by `test`, `eval`, training's threshold choice and the Python API.
+"""The one inference engine shared by `test`, `eval`, the threshold choice and the Python API.
 
 A Segmenter holds a model, the preprocessing it was trained with and its decision threshold. It
 prepares a photo exactly as training did, predicts at the training size (or tiles a larger working

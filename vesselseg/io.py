@@ -198,7 +198,8 @@ def _decode(path: str | Path) -> np.ndarray:
                                        f"{pil_error})") from pil_error
         array = fallback
     if array.ndim not in (2, 3) or array.shape[0] < 8 or array.shape[1] < 8:
-        raise ImageReadError(path, f"has an unusable shape {array.shape} (need at least 8x8 pixels)")
+        raise ImageReadError(path, f"has an unusable shape {array.shape} "
+                                   f"(need at least 8x8 pixels)")
     return np.ascontiguousarray(array)
 
 
@@ -285,5 +286,5 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_png(path: str | Path, array: np.ndarray) -> Path:
-    """Write a uint8/bool image as PNG atomically (works with non-ASCII paths, unlike cv2.imwrite)."""
+    """Write a uint8/bool image as PNG atomically (non-ASCII paths work, unlike cv2.imwrite)."""
     return write_bytes_atomic(path, encode_png(array))

@@ -83,7 +83,8 @@ def augment(image, target, seed, config: AugmentConfig):
 
 
 def make_dataset(rows: pd.DataFrame, batch_size: int, training: bool, seed: int = 0,
-                 augment_config: AugmentConfig | None = None, cache: bool = True) -> tf.data.Dataset:
+                 augment_config: AugmentConfig | None = None,
+                 cache: bool = True) -> tf.data.Dataset:
     """Batched (image, target) pairs; training streams repeat forever, shuffled and augmented."""
     paths = (list(rows["image"]), list(rows["vessels"]), list(rows["fov"]))
     dataset = tf.data.Dataset.from_tensor_slices(paths)

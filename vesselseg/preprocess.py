@@ -267,7 +267,7 @@ def _main(args: argparse.Namespace) -> int:
     for path, why in report.skipped:
         print(f"skipped {path}: {why}")
     if report.failed:
-        for path, why in report.failed:
+        for _path, why in report.failed:
             print(f"error: {why}", file=sys.stderr)
         print(f"error: {len(report.failed)} file(s) failed; no manifest written. Fix or remove "
               f"them and re-run (finished samples are kept).", file=sys.stderr)

@@ -207,7 +207,7 @@ def _main(args: argparse.Namespace) -> int:
     print(format_table(report.table))
     print(f"\n{PROTOCOL}; threshold {segmenter.threshold:.3f}" + (", flip TTA" if args.tta else ""))
     print(f"results: {report.out}")
-    for path, message in report.failures:
+    for _, message in report.failures:
         print(f"error: {message}", file=sys.stderr)
     if report.failures:
         print(f"error: {len(report.failures)} image(s) failed", file=sys.stderr)

@@ -31,6 +31,11 @@ class TrainingDiverged(VesselsegError):
     """The loss became NaN or infinite."""
 
 
+def data_folders(config: TrainConfig) -> list[str]:
+    """The preprocessed folders of a run: `data` may list several, separated by commas."""
+    return [part.strip() for part in config.data.split(",") if part.strip()]
+
+
 def config_fingerprint(config: TrainConfig) -> str:
     data = to_dict(config)
     data.pop("runs_dir", None)
@@ -152,7 +157,7 @@ def _best_validation_dice(run: Path) -> float | None:
 def train(config: TrainConfig, devices: list[str] | None = None, progress: bool = True) -> Path:
     """Train according to `config`; returns the run folder. The library function behind the CLI."""
     import keras
-    import tensorflow as tf
+    import pandas as pd
 
     from .devices import environment_facts, make_strategy, set_precision
     from .losses import make_loss
@@ -162,8 +167,13 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     from .plots import learning_curves
     from .preprocess import load_manifest, load_preprocess_config
 
-    config = replace(config, preprocess=load_preprocess_config(config.data))
-    manifest = load_manifest(config.data)
+    folders = data_folders(config)
+    settings = [load_preprocess_config(folder) for folder in folders]
+    if any(s != settings[0] for s in settings[1:]):
+        raise ConfigError(f"data: the folders {folders} were preprocessed with different settings; "
+                          f"preprocess them alike (same --size, --enhancement, cropping)")
+    config = replace(config, preprocess=settings[0])
+    manifest = pd.concat([load_manifest(folder) for folder in folders], ignore_index=True)
     train_rows, val_rows = split_rows(manifest, "train"), split_rows(manifest, "val")
 
     run = find_unfinished_run(config)
@@ -203,14 +213,13 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     losses = history.history.get("loss", [])
     diverged = bool(losses) and not all(math.isfinite(v) for v in losses)
     if (run / "history.csv").exists():
-        import pandas as pd
-
         learning_curves(pd.read_csv(run / "history.csv"), run / "learning_curves.png")
     if diverged:
         _write_status(run, state="diverged", seconds=seconds)
         raise TrainingDiverged(
             f"training stopped: the loss became NaN/inf at epoch {len(losses)}. The best model so "
-            f"far is kept in {run / 'best.keras'}. Lower --learning-rate or use --precision float32.")
+            f"far is kept in {run / 'best.keras'}. Lower --learning-rate or use --precision "
+            f"float32.")
     if not (run / "best.keras").exists():
         model.save(run / "best.keras")
     threshold = choose_threshold(run, val_rows)
@@ -247,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a vessel segmentation U-Net on a preprocessed folder. Each run writes "
                     "into its own new folder under --runs-dir; repeating an interrupted command "
                     "resumes it.")
-    parser.add_argument("--data", help="preprocessed folder (from vesselseg.preprocess)")
+    parser.add_argument("--data", nargs="+",
+                        help="preprocessed folder(s) from vesselseg.preprocess; several folders "
+                             "are trained on together (their train/val splits are merged)")
     parser.add_argument("--config", help="JSON config file (keys of TrainConfig); flags override")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -273,6 +284,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = load_config(TrainConfig, args.config) if args.config else TrainConfig()
     overrides = {key: value for key, value in vars(args).items()
                  if key not in ("config", "quiet", "cpu_replicas") and value is not None}
+    if "data" in overrides:
+        overrides["data"] = ",".join(overrides["data"])
     try:
         return from_dict(TrainConfig, {**asdict(config), **overrides})
     except TypeError as exc:

@@ -66,7 +66,8 @@ def to_model_input(image: np.ndarray, fov: np.ndarray, config: PreprocessConfig,
     crop = image[box.y0:box.y1, box.x0:box.x1]
     resized = resize(np.ascontiguousarray(crop), size, size)
     fov_small = resize_mask(fov[box.y0:box.y1, box.x0:box.x1], size, size)
-    resized = resized * fov_small[..., None].astype(np.uint8)  # black outside the FOV, as in training
+    # black outside the FOV, as in training
+    resized = resized * fov_small[..., None].astype(np.uint8)
     return enhance(resized, config), fov_small, box
 
 

@@ -62,7 +62,7 @@ def get_reader(name: str) -> Reader:
 
 
 def read_dataset(name: str, source: str | Path | None) -> ReadResult:
-    """Read dataset `name` from folder `source` (None: the reader's default, e.g. generated data)."""
+    """Read dataset `name` from folder `source` (None: the reader's default, e.g. generated)."""
     reader = get_reader(name)
     if source is None:
         if name != "synthetic":

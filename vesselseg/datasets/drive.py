@@ -14,7 +14,8 @@ def read_drive(source: Path) -> ReadResult:
     skipped: list[tuple[Path, str]] = []
     folders = {"training": "train", "test": "test"}
     if not any((source / f / "images").is_dir() for f in folders):
-        raise DatasetError(f"{source}: not a DRIVE folder (expected training/images and test/images)")
+        raise DatasetError(f"{source}: not a DRIVE folder "
+                           f"(expected training/images and test/images)")
     for folder, split in folders.items():
         images = source / folder / "images"
         if not images.is_dir():

@@ -86,7 +86,8 @@ def generate_fundus(seed: int, size: int = 256) -> SyntheticFundus:
     image = base[None, None, :] * shading
     disc_glow = np.exp(-(((xx - disc[0]) ** 2 + (yy - disc[1]) ** 2) / (2 * (radius * 0.09) ** 2)))
     image += disc_glow[..., None] * np.array([60, 90, 60], dtype=np.float32)
-    fovea_dip = np.exp(-(((xx - fovea[0]) ** 2 + (yy - fovea[1]) ** 2) / (2 * (radius * 0.12) ** 2)))
+    fovea_dip = np.exp(-(((xx - fovea[0]) ** 2 + (yy - fovea[1]) ** 2)
+                         / (2 * (radius * 0.12) ** 2)))
     image *= (1.0 - 0.35 * fovea_dip)[..., None]
     contrast = rng.uniform(0.35, 0.6)
     image *= (1.0 - contrast * vessel_strength[..., None] * np.array([0.6, 1.0, 0.8],

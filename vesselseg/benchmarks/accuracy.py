@@ -1,0 +1,125 @@
+"""Reproducible accuracy benchmark: preprocess a public dataset, train from scratch within a
+wall-clock budget, test on its test split, and write results.json + results.md.
+
+    python -m vesselseg.benchmarks.accuracy --dataset drive --source ../shared/datasets/DRIVE \\
+        --budget-minutes 60
+
+Protocol of the reported figures: native resolution, pixels inside the FOV (official masks for
+DRIVE and HRF, estimated for CHASE_DB1), pooled over the test images, 1st annotator as reference,
+threshold chosen on the validation images (never on the test images).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from ..cli import run_cli
+from ..config import PreprocessConfig, TrainConfig, load_config
+from ..io import write_text_atomic
+from ..outputs import new_folder
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+#: Published DRIVE figures (F1 / AUC-ROC) for the README table, same protocol where stated.
+PUBLISHED = {
+    "drive": [("2nd human observer", 0.7891, None), ("retina-unet", 0.816, None),
+              ("IterNet", 0.8205, None), ("SA-UNet", 0.826, None), ("LWNet", 0.828, 0.981)],
+    "chase": [],
+}
+
+
+def run_benchmark(dataset: str, source: str | Path, out: str | Path,
+                  budget_minutes: float | None = None, recipe: str | Path | None = None,
+                  tta: bool = False, progress: bool = True) -> dict:
+    """Preprocess, train and test; returns the results dictionary (also written as JSON)."""
+    from ..inference import Segmenter
+    from ..preprocess import preprocess_dataset
+    from ..test import items_from_manifest, run_test
+    from ..train import train
+
+    out = Path(out)
+    recipe_path = Path(recipe) if recipe else RECIPES / f"{dataset}.json"
+    config = load_config(TrainConfig, recipe_path)
+    data = out / "data"
+    preprocess_dataset(dataset, source, data, PreprocessConfig(**_preprocess_fields(config)),
+                       progress=progress)
+    if budget_minutes is not None:
+        config = replace(config, budget_minutes=budget_minutes)
+    config = replace(config, data=str(data), runs_dir=str(out / "runs"))
+    run = train(config, progress=progress)
+    status = json.loads((run / "status.json").read_text(encoding="utf-8"))
+    segmenter = Segmenter.from_run(run, tta=tta)
+    report = run_test(segmenter, items_from_manifest(data), run / "tests" / "benchmark",
+                      progress=progress)
+    results = {
+        "dataset": dataset,
+        "recipe": str(recipe_path),
+        "run": str(run),
+        "training_minutes": round(status["seconds"] / 60.0, 1),
+        "epochs": status["epochs"],
+        "threshold": segmenter.threshold,
+        "tta": tta,
+        "test_images": len(report.table) - 3,
+        "pooled": report.pooled,
+        "protocol": "native resolution, inside the FOV, pooled over the test images, 1st "
+                    "annotator, threshold chosen on validation images",
+    }
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "results.md", markdown_table(results))
+    return results
+
+
+def _preprocess_fields(config: TrainConfig) -> dict:
+    p = config.preprocess
+    return {"size": p.size, "enhancement": p.enhancement, "crop_to_fov": p.crop_to_fov,
+            "val_fraction": p.val_fraction, "augment": p.augment, "seed": p.seed}
+
+
+def markdown_table(results: dict) -> str:
+    p = results["pooled"]
+    lines = [f"| {results['dataset']} test | Acc | Se | Sp | Precision | F1 | IoU | AUC-ROC | "
+             f"AUC-PR | clDice |", "|---|---|---|---|---|---|---|---|---|---|",
+             f"| vesselseg ({results['training_minutes']} min CPU) | {p['accuracy']:.4f} | "
+             f"{p['sensitivity']:.4f} | {p['specificity']:.4f} | {p['precision']:.4f} | "
+             f"{p['f1']:.4f} | {p['iou']:.4f} | {p['auc_roc']:.4f} | {p['auc_pr']:.4f} | "
+             f"{p['cldice']:.4f} |"]
+    for name, f1, auc in PUBLISHED.get(results["dataset"], []):
+        auc_text = f"{auc:.3f}" if auc else ""
+        lines.append(f"| {name} (published) | | | | | {f1:.4f} | | {auc_text} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vesselseg.benchmarks.accuracy",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, choices=("drive", "chase", "hrf"))
+    parser.add_argument("--source", required=True, help="raw dataset folder")
+    parser.add_argument("--budget-minutes", type=float,
+                        help="wall-clock training budget (default: the recipe's)")
+    parser.add_argument("--recipe", help="TrainConfig JSON (default vesselseg/recipes/DATASET.json)")
+    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--out", help="output folder (default: new folder in artifacts/benchmarks)")
+    return parser
+
+
+def _main(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else new_folder("artifacts/benchmarks", args.dataset)
+    results = run_benchmark(args.dataset, args.source, out, args.budget_minutes, args.recipe,
+                            args.tta)
+    print(markdown_table(results))
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..inference import quiet_tensorflow
+
+    quiet_tensorflow()
+    return run_cli(_main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
