@@ -43,13 +43,15 @@ def test_flip_tta_averages_four_flips(segmenter):
     finally:
         segmenter.tta = False
     assert tta.shape == plain.shape and not np.allclose(tta, plain)
-    # TTA of a horizontally flipped photo is the flipped TTA of the photo
+    # TTA of a horizontally flipped input is the flipped TTA of the input
+    model_input = segmenter.prepare(fundus.image, fundus.fov)[0][None]
     segmenter.tta = True
     try:
-        flipped = segmenter.predict(fundus.image[:, ::-1].copy(), fundus.fov[:, ::-1].copy())
+        direct = segmenter._predict_tensor(model_input)
+        flipped = segmenter._predict_tensor(np.ascontiguousarray(model_input[:, :, ::-1]))
     finally:
         segmenter.tta = False
-    assert np.allclose(flipped.probability[:, ::-1], tta, atol=1e-4)
+    assert np.allclose(flipped[:, :, ::-1], direct, atol=1e-4)
 
 
 def test_tiled_prediction_agrees_with_whole_image_inside_tiles():

@@ -305,6 +305,16 @@ def test_annotation_of_another_size(tmp_path, capsys):
     assert not part_files(tmp_path / "out")
 
 
+def test_empty_official_fov_mask(tmp_path, capsys):
+    source = make_folder_dataset(tmp_path / "data", count=2)
+    write_png(source / "fov" / "img0.png", np.zeros((96, 96), bool))
+    write_png(source / "fov" / "img1.png", generate_fundus(101, 96).fov)
+    code, _, stderr = run(capsys, "--dataset", "folder", "--source", source,
+                          "--out", tmp_path / "out", "--size", 64)
+    assert_failed(code, stderr, "fov/img0.png", "FOV mask is empty")
+    assert "img1.png" not in stderr
+
+
 def test_image_without_annotation(tmp_path, capsys):
     source = make_folder_dataset(tmp_path / "data")
     (source / "masks" / "img2.png").unlink()

@@ -8,6 +8,7 @@ from vesselseg.config import PreprocessConfig
 from vesselseg.datasets import generate_fundus
 from vesselseg.transforms import (
     Geometry,
+    crop,
     crop_box,
     enhance,
     mask_to_model,
@@ -37,29 +38,53 @@ def wide_fundus(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- crop_box
 
 
-def test_crop_box_is_fov_bounding_box_with_margin():
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.02, 0.1])
+def test_crop_box_is_a_square_around_the_fov(margin):
     fov = np.zeros((200, 300), bool)
-    fov[50:150, 100:220] = True
-    box = crop_box(fov, crop_to_fov=True, margin=0.0)
-    assert box == Geometry(200, 300, 100, 50, 220, 150)
-    box = crop_box(fov, crop_to_fov=True, margin=0.02)
-    assert box == Geometry(200, 300, 100 - 6, 50 - 4, 220 + 6, 150 + 4)
+    fov[50:150, 100:220] = True  # 120 wide, 100 high
+    box = crop_box(fov, crop_to_fov=True, margin=margin)
+    assert (box.native_height, box.native_width) == (200, 300)
+    side = box.x1 - box.x0
+    assert box.y1 - box.y0 == side == round(120 * (1 + 2 * margin))  # square: no distortion
+    assert box.x0 <= 100 and box.y0 <= 50 and box.x1 >= 220 and box.y1 >= 150
+    assert abs((box.x0 + box.x1) / 2 - 160) <= 1 and abs((box.y0 + box.y1) / 2 - 100) <= 1
+    if margin == 0:
+        assert box == Geometry(200, 300, 100, 40, 220, 160)
 
 
-def test_crop_box_is_clipped_to_the_frame():
-    fov = disc(100, 120, 60, 50, 55)  # touches top and bottom
+def test_crop_box_reaches_outside_a_frame_that_cuts_the_fov():
+    fov = disc(100, 160, 80, 50, 58)  # cut at top and bottom, as in HRF
     box = crop_box(fov, crop_to_fov=True)
-    assert box.y0 == 0 and box.y1 == 100
-    assert 0 < box.x0 < box.x1 < 120
+    assert box.y0 < 0 and box.y1 > 100 and 0 < box.x0 < box.x1 < 160
+    image = np.full((100, 160, 3), 200, np.uint8)
+    patch = crop(image, box)
+    side = box.x1 - box.x0
+    assert patch.shape == (side, side, 3) and patch.flags["C_CONTIGUOUS"]
+    assert not patch[:-box.y0].any() and not patch[100 - box.y0:].any()  # padded with black
+    assert (patch[-box.y0:100 - box.y0] == 200).all()
+    back = to_native(np.ones((64, 64), np.float32), box)
+    assert back.shape == (100, 160)
+    assert (back[:, box.x0:box.x1] == 1).all() and not back[:, :box.x0].any()
 
 
-@pytest.mark.parametrize("crop", [False, True])
-def test_crop_box_full_frame(crop):
+def test_crop_inside_the_frame_is_a_plain_slice():
+    image = np.arange(20 * 30).reshape(20, 30)
+    box = Geometry(20, 30, 5, 2, 15, 12)
+    np.testing.assert_array_equal(crop(image, box), image[2:12, 5:15])
+
+
+@pytest.mark.parametrize("crop_to_fov", [False, True])
+def test_crop_box_full_frame(crop_to_fov):
     fov = np.zeros((40, 60), bool)
-    if not crop:
+    if not crop_to_fov:
         fov[10:20, 10:20] = True
     # no cropping asked, or an empty FOV: the whole frame
-    assert crop_box(fov, crop_to_fov=crop) == Geometry(40, 60, 0, 0, 60, 40)
+    assert crop_box(fov, crop_to_fov=crop_to_fov) == Geometry(40, 60, 0, 0, 60, 40)
 
 
 # --------------------------------------------------------------------------- model input
@@ -74,8 +99,9 @@ def test_to_model_input_shapes_and_black_outside_fov():
     assert model_image[~model_fov].max() == 0
     assert model_fov.mean() == pytest.approx(np.pi / 4 * (1 / 1.04) ** 2, abs=0.05)
     assert (box.native_height, box.native_width) == (300, 340)
-    rows, cols = np.flatnonzero(fov.any(axis=1)), np.flatnonzero(fov.any(axis=0))
-    assert box.x0 < cols[0] and box.x1 > cols[-1] + 1 and box.y0 < rows[0] and box.y1 > rows[-1]
+    x0, y0, x1, y1 = bounding_box(fov)
+    assert box.x0 < x0 and box.x1 > x1 and box.y0 < y0 and box.y1 > y1
+    assert box.x1 - box.x0 == box.y1 - box.y0
     explicit, _, _ = to_model_input(image, fov, config, size=64)
     assert explicit.shape == (64, 64, 3)
 
@@ -86,19 +112,19 @@ def test_no_crop_resizes_the_whole_frame():
     assert box == Geometry(300, 340, 0, 0, 340, 300)
 
 
-@pytest.mark.parametrize("crop", [True, False])
-def test_native_map_survives_round_trip(crop):
+@pytest.mark.parametrize("crop_to_fov", [True, False])
+def test_native_map_survives_round_trip(crop_to_fov):
     """A smooth native-size map, taken to model size and back, is recovered inside the crop."""
     image, _, fov = wide_fundus()
-    config = PreprocessConfig(size=128, crop_to_fov=crop)
+    config = PreprocessConfig(size=128, crop_to_fov=crop_to_fov)
     _, _, box = to_model_input(image, fov, config)
     yy, xx = np.mgrid[0:300, 0:340].astype(np.float32)
     native_map = 0.5 + 0.4 * np.sin(xx / 23.0) * np.cos(yy / 31.0)
-    model_map = resize(native_map[box.y0:box.y1, box.x0:box.x1], 128, 128)
+    model_map = resize(crop(native_map, box), 128, 128)
     back = to_native(model_map, box)
     assert back.shape == (300, 340) and back.dtype == np.float32
     inside = np.zeros((300, 340), bool)
-    inside[box.y0:box.y1, box.x0:box.x1] = True
+    inside[max(0, box.y0):box.y1, max(0, box.x0):box.x1] = True
     assert np.abs(back - native_map)[inside].mean() < 0.01
     assert np.abs(back - native_map)[inside].max() < 0.08
     assert not back[~inside].any()  # zero outside the crop

@@ -92,6 +92,8 @@ def process_sample(sample: Sample, out: Path, config: PreprocessConfig) -> list[
     vessels = read_mask(sample.annotation, expected_shape=shape)
     if sample.fov is not None:
         fov = read_mask(sample.fov, expected_shape=shape)
+        if not fov.any():  # an all-black FOV would silently give a black, unusable sample
+            raise ImageReadError(sample.fov, "FOV mask is empty (no pixel inside the FOV)")
         native_fov, fov_source = sample.fov, "official"
     else:
         fov = estimate_fov(image)

@@ -26,15 +26,33 @@ class Geometry:
 
 
 def crop_box(fov: np.ndarray, crop_to_fov: bool, margin: float = 0.02) -> Geometry:
-    """The FOV's bounding box with a small margin (or the full frame)."""
+    """A square box around the FOV with a small margin (or the full frame).
+
+    Square, so that resizing never changes the aspect ratio (vessels keep their shape); where the
+    FOV is cut by the frame (HRF), the box reaches outside the photo and is padded with black.
+    """
     height, width = fov.shape
     if not crop_to_fov or not fov.any():
         return Geometry(height, width, 0, 0, width, height)
     rows = np.flatnonzero(fov.any(axis=1))
     cols = np.flatnonzero(fov.any(axis=0))
-    pad_y, pad_x = round(margin * height), round(margin * width)
-    return Geometry(height, width, max(0, int(cols[0]) - pad_x), max(0, int(rows[0]) - pad_y),
-                    min(width, int(cols[-1]) + 1 + pad_x), min(height, int(rows[-1]) + 1 + pad_y))
+    box_h, box_w = int(rows[-1]) + 1 - int(rows[0]), int(cols[-1]) + 1 - int(cols[0])
+    side = round(max(box_h, box_w) * (1 + 2 * margin))
+    y0 = (int(rows[0]) + int(rows[-1]) + 1 - side) // 2
+    x0 = (int(cols[0]) + int(cols[-1]) + 1 - side) // 2
+    return Geometry(height, width, x0, y0, x0 + side, y0 + side)
+
+
+def crop(array: np.ndarray, box: Geometry) -> np.ndarray:
+    """The box's pixels; parts of the box outside the photo are zero (black / background)."""
+    height, width = array.shape[:2]
+    top, left = max(0, -box.y0), max(0, -box.x0)
+    bottom, right = max(0, box.y1 - height), max(0, box.x1 - width)
+    inner = array[max(0, box.y0):min(height, box.y1), max(0, box.x0):min(width, box.x1)]
+    if top or left or bottom or right:
+        padding = [(top, bottom), (left, right)] + [(0, 0)] * (array.ndim - 2)
+        inner = np.pad(inner, padding)
+    return np.ascontiguousarray(inner)
 
 
 def resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -63,9 +81,8 @@ def to_model_input(image: np.ndarray, fov: np.ndarray, config: PreprocessConfig,
     """Crop, resize to size x size and enhance: (model image uint8, model FOV bool, geometry)."""
     size = size or config.size
     box = crop_box(fov, config.crop_to_fov)
-    crop = image[box.y0:box.y1, box.x0:box.x1]
-    resized = resize(np.ascontiguousarray(crop), size, size)
-    fov_small = resize_mask(fov[box.y0:box.y1, box.x0:box.x1], size, size)
+    resized = resize(crop(image, box), size, size)
+    fov_small = resize_mask(crop(fov, box), size, size)
     # black outside the FOV, as in training
     resized = resized * fov_small[..., None].astype(np.uint8)
     return enhance(resized, config), fov_small, box
@@ -78,7 +95,7 @@ def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def mask_to_model(mask: np.ndarray, box: Geometry, size: int) -> np.ndarray:
-    return resize_mask(mask[box.y0:box.y1, box.x0:box.x1], size, size)
+    return resize_mask(crop(mask, box), size, size)
 
 
 def to_native(probability: np.ndarray, box: Geometry) -> np.ndarray:
@@ -86,5 +103,7 @@ def to_native(probability: np.ndarray, box: Geometry) -> np.ndarray:
     native = np.zeros((box.native_height, box.native_width), dtype=np.float32)
     patch = cv2.resize(probability.astype(np.float32), (box.x1 - box.x0, box.y1 - box.y0),
                        interpolation=cv2.INTER_LINEAR)
-    native[box.y0:box.y1, box.x0:box.x1] = patch
+    y0, x0 = max(0, box.y0), max(0, box.x0)
+    y1, x1 = min(box.native_height, box.y1), min(box.native_width, box.x1)
+    native[y0:y1, x0:x1] = patch[y0 - box.y0:y1 - box.y0, x0 - box.x0:x1 - box.x0]
     return native

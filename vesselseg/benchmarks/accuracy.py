@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", required=True, help="raw dataset folder")
     parser.add_argument("--budget-minutes", type=float,
                         help="wall-clock training budget (default: the recipe's)")
-    parser.add_argument("--recipe", help="TrainConfig JSON (default vesselseg/recipes/DATASET.json)")
+    parser.add_argument("--recipe",
+                        help="TrainConfig JSON (default vesselseg/recipes/DATASET.json)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     parser.add_argument("--out", help="output folder (default: new folder in artifacts/benchmarks)")
     return parser
