@@ -49,7 +49,7 @@ def _affine(stack, angle, scale, size):
 
 def augment(image, target, seed, config: AugmentConfig):
     """Identical geometric changes to image and masks; photometric changes to the image only."""
-    seeds = tf.random.experimental.stateless_split(seed, num=10)
+    seeds = tf.random.experimental.stateless_split(seed, num=12)
     uniform = lambda i, lo=0.0, hi=1.0: tf.random.stateless_uniform([], seeds[i], lo, hi)  # noqa: E731
     stack = tf.concat([image, target], axis=-1)
     if config.flips:
@@ -78,8 +78,21 @@ def augment(image, target, seed, config: AugmentConfig):
     if config.gamma:
         image = tf.pow(tf.clip_by_value(image, 1e-6, 1.0),
                        tf.exp(uniform(9, -config.gamma, config.gamma)))
+    if config.blur_probability:
+        sigma = uniform(10, 0.5, 1.5)
+        image = tf.cond(uniform(11) < config.blur_probability,
+                        lambda: _gaussian_blur(image, sigma), lambda: image)
     image = tf.clip_by_value(image, 0.0, 1.0) * fov
     return image, tf.concat([vessels * fov, fov], axis=-1)
+
+
+def _gaussian_blur(image, sigma):
+    """Blur with a 7-tap Gaussian: mimics softer optics and lower-resolution cameras."""
+    taps = tf.range(-3.0, 4.0)
+    kernel = tf.exp(-(taps**2) / (2.0 * sigma**2))
+    kernel = kernel / tf.reduce_sum(kernel)
+    kernel_2d = tf.tile((kernel[:, None] * kernel[None, :])[:, :, None, None], [1, 1, 3, 1])
+    return tf.nn.depthwise_conv2d(image[None], kernel_2d, [1, 1, 1, 1], "SAME")[0]
 
 
 def make_dataset(rows: pd.DataFrame, batch_size: int, training: bool, seed: int = 0,
