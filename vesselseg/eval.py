@@ -8,6 +8,7 @@ when any file failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cli import run_cli
+from .cli import describe_os_error, run_cli
 from .errors import DatasetError, VesselsegError
-from .inference import Prediction, Segmenter
+from .inference import BACKENDS, Prediction, Segmenter
 from .io import is_image_file, read_image, write_png, write_text_atomic
 from .outputs import write_probability
 from .plots import overlay
@@ -69,9 +70,15 @@ def output_names(images: list[Path], out: Path) -> dict[Path, dict[str, Path]]:
 
 
 def _write(outputs: dict[str, Path], image, prediction: Prediction) -> None:
-    write_probability(outputs["probability"], prediction.probability)
-    write_png(outputs["mask"], prediction.mask)
-    write_png(outputs["overlay"], overlay(image, prediction.mask))
+    try:
+        write_probability(outputs["probability"], prediction.probability)
+        write_png(outputs["mask"], prediction.mask)
+        write_png(outputs["overlay"], overlay(image, prediction.mask))
+    except BaseException:
+        for path in outputs.values():  # all three outputs of a photo, or none of them
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        raise
 
 
 def segment_images(segmenter: Segmenter, images: list[Path], out: str | Path,
@@ -108,7 +115,8 @@ def segment_images(segmenter: Segmenter, images: list[Path], out: str | Path,
                 job.result()
             except OSError as exc:
                 results[index] = EvalResult(results[index].path, {}, None,
-                                            f"{results[index].path}: cannot write outputs ({exc})")
+                                            f"{results[index].path}: cannot write outputs "
+                                            f"({describe_os_error(exc)})")
     return results
 
 
@@ -123,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="artifacts/eval", help="output folder "
                                                                 "(default artifacts/eval)")
     parser.add_argument("--tta", action="store_true", help="average flipped predictions")
+    parser.add_argument("--backend", choices=BACKENDS, default="keras",
+                        help="run the Keras model (default) or its ONNX / TFLite export "
+                             "(RUN/export/, made on first use; ONNX needs pip install "
+                             "\"vesselseg[export]\")")
     parser.add_argument("--threshold", type=float,
                         help="decision threshold (default: the model's validation-chosen one)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
@@ -132,11 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(args: argparse.Namespace) -> int:
     images = collect_images(args.inputs)
-    kwargs = {"tta": args.tta}
+    kwargs = {"tta": args.tta, "backend": args.backend}
     if args.threshold is not None:
         kwargs["threshold"] = args.threshold
     segmenter = Segmenter.from_run(args.run, **kwargs) if args.run else \
         Segmenter.pretrained(**kwargs)
+    out_existed = Path(args.out).exists()
     results = segment_images(segmenter, images, args.out, overwrite=args.overwrite,
                              progress=not args.json)
     failures = [r for r in results if r.error]
@@ -149,13 +162,20 @@ def _main(args: argparse.Namespace) -> int:
             if not r.error:
                 print(f"{r.path}: vessel density {100 * r.vessel_density:.2f} % of the FOV -> "
                       f"{r.outputs['overlay']}")
-    summary = Path(args.out) / "summary.json"
-    write_text_atomic(summary, json.dumps(
-        {"model": segmenter.source, "threshold": segmenter.threshold, "tta": segmenter.tta,
-         "results": [{"image": str(r.path), "vessel_density": r.vessel_density,
-                      "error": r.error} for r in results]}, indent=2) + "\n")
     for r in failures:
         print(f"error: {r.error}", file=sys.stderr)
+    summary = Path(args.out) / "summary.json"
+    try:
+        write_text_atomic(summary, json.dumps(
+            {"model": segmenter.source, "backend": segmenter.backend,
+             "threshold": segmenter.threshold, "tta": segmenter.tta,
+             "results": [{"image": str(r.path), "vessel_density": r.vessel_density,
+                          "error": r.error} for r in results]}, indent=2) + "\n")
+    except OSError:
+        if not out_existed:  # nothing could be written: leave no empty output folder behind
+            with contextlib.suppress(OSError):
+                Path(args.out).rmdir()
+        raise
     if failures:
         print(f"error: {len(failures)} of {len(results)} image(s) failed", file=sys.stderr)
         return 1

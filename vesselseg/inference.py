@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import PreprocessConfig, TrainConfig, load_config
-from .errors import ModelLoadError, VesselsegError
+from .errors import ConfigError, ModelLoadError, VesselsegError
 from .fov import estimate_fov
 from .io import read_image
 from .transforms import Geometry, to_model_input, to_native
@@ -28,6 +28,11 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 MODEL_FILE = "best.keras"
 CONFIG_FILE = "config.json"
 THRESHOLD_FILE = "threshold.json"
+#: Where predictions are computed: the Keras model itself, or an export of it (made on demand
+#: into RUN/export/ by vesselseg.export) run by ONNX Runtime or the TFLite interpreter.
+BACKENDS = ("keras", "onnx", "tflite")
+#: A runner: float32 batch [N, S, S, 3] (RGB / 255) -> vessel probabilities float32 [N, S, S].
+Runner = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -52,16 +57,53 @@ def load_keras_model(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: model file does not exist")
+    code = _code_in_model_file(path)
+    if code:
+        raise ModelLoadError(f"{path}: refused by safe mode, the file contains code ({code}); "
+                             f"vesselseg models never do")
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except ValueError as exc:
         if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
             raise ModelLoadError(f"{path}: refused by Keras safe mode, the file contains code "
                                  f"(e.g. a Lambda layer); vesselseg models never do") from None
-        raise ModelLoadError(f"{path}: not a loadable vesselseg model ({exc})") from None
+        raise ModelLoadError(f"{path}: not a loadable vesselseg model ({_short(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - zip/h5/JSON errors all mean "not a model"
         raise ModelLoadError(f"{path}: not a loadable vesselseg model "
-                             f"({type(exc).__name__}: {exc})") from None
+                             f"({type(exc).__name__}: {_short(exc)})") from None
+
+
+def _short(exc: Exception, limit: int = 300) -> str:
+    """First line of an exception message, cut to `limit` characters (Keras's are pages long)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _code_in_model_file(path: Path) -> str | None:
+    """What in a .keras archive's architecture is code rather than Keras layers: a Lambda layer
+    or an object from a module outside keras/vesselseg. None when clean or not a .keras archive
+    (then Keras itself reports the problem). The architecture is only read, never executed."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    stack = [{k: v for k, v in config.items() if k != "compile_config"}
+             if isinstance(config, dict) else config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            name, module = node.get("class_name"), node.get("module")
+            if name in ("Lambda", "__lambda__"):
+                return "a Lambda layer"
+            if isinstance(module, str) and module.split(".")[0] not in ("keras", "vesselseg"):
+                return f"{name!r} from module {module!r}"
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None
 
 
 class Segmenter:
@@ -69,8 +111,11 @@ class Segmenter:
 
     def __init__(self, model, preprocess: PreprocessConfig, threshold: float = 0.5,
                  tta: bool = False, working_size: int | None = None, tile_overlap: int = 64,
-                 batch_size: int = 4, source: str = ""):
-        self.model = model
+                 batch_size: int = 4, source: str = "", runner: Runner | None = None,
+                 backend: str = "keras"):
+        self.model = model  # None when an exported model runs (backend onnx or tflite)
+        self.runner: Runner = runner if runner is not None else self._keras_run
+        self.backend = backend
         self.preprocess = preprocess
         self.threshold = float(threshold)
         self.tta = tta
@@ -81,8 +126,15 @@ class Segmenter:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_run(cls, run: str | Path, **kwargs) -> Segmenter:
-        """Load the best model, its config and its validation threshold from a run folder."""
+    def from_run(cls, run: str | Path, backend: str = "keras", **kwargs) -> Segmenter:
+        """Load the best model, its config and its validation threshold from a run folder.
+
+        backend "onnx" or "tflite" runs the run's export (RUN/export/model.onnx or model.tflite)
+        instead of the Keras model; a missing export is made (and verified) on the spot, which
+        needs the `export` extra and a writable run folder. A stale export (from another
+        best.keras) is refused with a hint to re-export it.
+        """
+        check_backend(backend)
         run = Path(run)
         if not run.is_dir():
             raise ModelLoadError(f"{run}: run folder does not exist")
@@ -93,8 +145,14 @@ class Segmenter:
         threshold = kwargs.pop("threshold", None)
         if threshold is None:
             threshold = read_threshold(run)
-        model = load_keras_model(run / MODEL_FILE)
-        return cls(model, config.preprocess, threshold=threshold, source=str(run), **kwargs)
+        if backend == "keras":
+            model, runner = load_keras_model(run / MODEL_FILE), None
+        else:
+            from .export import runner_for_run
+
+            model, runner = None, runner_for_run(run, backend)
+        return cls(model, config.preprocess, threshold=threshold, source=str(run), runner=runner,
+                   backend=backend, **kwargs)
 
     @classmethod
     def pretrained(cls, **kwargs) -> Segmenter:
@@ -128,6 +186,9 @@ class Segmenter:
         return total / 4.0
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.runner(batch)
+
+    def _keras_run(self, batch: np.ndarray) -> np.ndarray:
         out = self.model(batch, training=False)
         return np.asarray(out, dtype=np.float32)[..., 0]
 
@@ -222,6 +283,12 @@ def _blend_weight(tile: int, overlap: int) -> np.ndarray:
         ramp[:overlap] = edge
         ramp[-overlap:] = edge[::-1]
     return np.outer(ramp, ramp)
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend: unknown {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    return backend
 
 
 def read_threshold(run: str | Path) -> float:

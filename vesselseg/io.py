@@ -215,20 +215,34 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3])
 
 
-def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None,
+              notes: list[str] | None = None) -> np.ndarray:
     """Read an annotation or FOV mask as a boolean HxW array.
 
     Threshold (documented): files holding only 0 and 1 are labels; otherwise a pixel is foreground
     when its 8-bit value is at least 128. Colour masks use their brightest channel, so an annotation
     drawn in pure red, green or blue counts (their gray value would be below 128).
+
+    With `notes`, a message naming the file is appended when the mask is not binary (it was
+    thresholded) or has no foreground pixel at all: suspicious, but not an error.
     """
     array = _decode(path)
     if array.ndim == 3:
         array = array[..., :3].max(axis=2)
-    mask = array > 0 if int(array.max(initial=0)) <= 1 else array >= 128
+    top = int(array.max(initial=0))
+    mask = array > 0 if top <= 1 else array >= 128
     if expected_shape is not None and mask.shape != tuple(expected_shape):
         raise ImageReadError(path, f"has size {mask.shape[1]}x{mask.shape[0]} but its image is "
                                    f"{expected_shape[1]}x{expected_shape[0]}")
+    if notes is not None:
+        between = int(np.count_nonzero((array > 0) & (array < top)))
+        if between:
+            notes.append(f"{path}: not binary ({between} pixels between 0 and {top}); "
+                         f"thresholded at 128 as documented")
+        if not mask.any():
+            notes.append(f"{path}: no foreground pixel" + (
+                f" after thresholding at 128 (its brightest value is {top})" if top > 1 else
+                " (all zero)"))
     return mask
 
 

@@ -12,13 +12,14 @@ Files are written atomically, so a killed run leaves no corrupt file and a re-ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
 import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .cli import run_cli
+from .cli import describe_os_error, run_cli
 from .config import ENHANCEMENTS, PreprocessConfig, from_dict
 from .datasets import Sample, read_dataset, reader_names
 from .errors import DatasetError, ImageReadError, VesselsegError
@@ -45,6 +46,8 @@ class PreprocessReport:
     skipped: list[tuple[str, str]]
     failed: list[tuple[str, str]]
     reused: int
+    #: Suspicious but usable inputs, one message naming the file each (e.g. an empty annotation).
+    notes: list[str] = field(default_factory=list)
 
 
 def assign_validation(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
@@ -83,13 +86,17 @@ def _outputs(out: Path, sample_id: str) -> dict[str, Path]:
             "fov": out / "fov" / f"{sample_id}.png"}
 
 
-def process_sample(sample: Sample, out: Path, config: PreprocessConfig) -> list[dict]:
-    """Write one sample (and its offline augmentations); return its manifest rows."""
+def process_sample(sample: Sample, out: Path, config: PreprocessConfig,
+                   notes: list[str] | None = None) -> list[dict]:
+    """Write one sample (and its offline augmentations); return its manifest rows.
+
+    `notes` collects warnings about usable but suspicious annotations (not binary, all zero).
+    """
     image = read_image(sample.image)
     shape = image.shape[:2]
     if sample.annotation is None:
         raise ImageReadError(sample.image, "has no annotation")
-    vessels = read_mask(sample.annotation, expected_shape=shape)
+    vessels = read_mask(sample.annotation, expected_shape=shape, notes=notes)
     if sample.fov is not None:
         fov = read_mask(sample.fov, expected_shape=shape)
         if not fov.any():  # an all-black FOV would silently give a black, unusable sample
@@ -161,15 +168,8 @@ def preprocess_dataset(dataset: str, source: str | Path | None, out: str | Path,
     out = Path(out)
     settings = {"dataset": dataset, "source": str(Path(source).resolve()) if source else None,
                 "config": asdict(config)}
-    if out.exists() and overwrite:
-        for name in ("images", "vessels", "fov", "native_fov", MANIFEST, SETTINGS):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
     previous = out / SETTINGS
-    old = _read_settings(previous)
+    old = None if overwrite else _read_settings(previous)
     if old is not None:
         if old != settings:
             raise DatasetError(f"{out} already holds data preprocessed with other settings "
@@ -181,9 +181,23 @@ def preprocess_dataset(dataset: str, source: str | Path | None, out: str | Path,
         raise DatasetError(f"images without annotation: {names}. Add the annotations or pass "
                            f"--skip-missing")
     samples = assign_validation(result.samples, config.val_fraction, config.seed)
+    if out.exists() and overwrite:  # only once the source is known to be readable
+        for name in ("images", "vessels", "fov", "native_fov", MANIFEST, SETTINGS):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     if old is None:  # identical settings are not rewritten: a finished folder stays untouched
-        write_text_atomic(previous, json.dumps(settings, indent=2) + "\n")
+        try:
+            write_text_atomic(previous, json.dumps(settings, indent=2) + "\n")
+        except OSError:
+            if created:  # leave no empty output folder behind (e.g. disk full)
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            raise
     if (out / MANIFEST).exists():
         manifest = pd.read_csv(out / MANIFEST)
         return PreprocessReport(out, manifest["split"].value_counts().to_dict(),
@@ -192,9 +206,10 @@ def preprocess_dataset(dataset: str, source: str | Path | None, out: str | Path,
     _remove_stale_parts(out)
     rows: list[dict] = []
     failed: list[tuple[str, str]] = []
+    notes: list[str] = []
 
     def work(sample: Sample) -> list[dict]:
-        return process_sample(sample, out, config)
+        return process_sample(sample, out, config, notes)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [(s, pool.submit(work, s)) for s in samples]
@@ -204,14 +219,19 @@ def preprocess_dataset(dataset: str, source: str | Path | None, out: str | Path,
                 rows.extend(future.result())
             except VesselsegError as exc:
                 failed.append((str(sample.image), str(exc)))
-            except (OSError, cv2.error, ValueError) as exc:
+            except OSError as exc:  # reading is ImageReadError: this is an output (disk full...)
+                failed.append((str(sample.image), f"{sample.image}: cannot write its output "
+                                                  f"({describe_os_error(exc)})"))
+            except (cv2.error, ValueError) as exc:
                 failed.append((str(sample.image), f"{sample.image}: {exc}"))
+    notes.sort()
     if failed:
-        return PreprocessReport(out, {}, [(str(p), w) for p, w in result.skipped], failed, 0)
+        return PreprocessReport(out, {}, [(str(p), w) for p, w in result.skipped], failed, 0,
+                                notes)
     manifest = pd.DataFrame(rows).sort_values(["split", "id"], kind="stable")
     write_text_atomic(out / MANIFEST, manifest.to_csv(index=False))
     return PreprocessReport(out, manifest["split"].value_counts().to_dict(),
-                            [(str(p), w) for p, w in result.skipped], [], 0)
+                            [(str(p), w) for p, w in result.skipped], [], 0, notes)
 
 
 def load_manifest(folder: str | Path) -> pd.DataFrame:
@@ -268,6 +288,8 @@ def _main(args: argparse.Namespace) -> int:
                                 overwrite=args.overwrite, skip_missing=args.skip_missing)
     for path, why in report.skipped:
         print(f"skipped {path}: {why}")
+    for note in report.notes:
+        print(f"warning: {note}", file=sys.stderr)
     if report.failed:
         for _path, why in report.failed:
             print(f"error: {why}", file=sys.stderr)

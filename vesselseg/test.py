@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from .datasets import read_dataset, reader_names
 from .errors import DatasetError, VesselsegError
 from .evaluation import METRIC_NAMES, PooledEvaluator, summary_rows
 from .fov import estimate_fov
-from .inference import PRETRAINED_DIR, Segmenter
+from .inference import BACKENDS, PRETRAINED_DIR, Segmenter
 from .io import read_image, read_mask, write_png, write_text_atomic
 from .outputs import new_folder, write_probability
 from .plots import comparison_panel, roc_pr_curves
@@ -71,11 +72,13 @@ class TestReport:
     table: pd.DataFrame
     pooled: dict
     failures: list[tuple[str, str]]
+    #: Usable but suspicious annotations (not binary, no vessel pixel), one message per file.
+    notes: list[str] = field(default_factory=list)
 
 
-def _load(item: TestItem):
+def _load(item: TestItem, notes: list[str] | None = None):
     image = read_image(item.image)
-    truth = read_mask(item.annotation, image.shape[:2])
+    truth = read_mask(item.annotation, image.shape[:2], notes=notes)
     fov = read_mask(item.fov, image.shape[:2]) if item.fov else estimate_fov(image)
     return image, (truth, fov)
 
@@ -88,10 +91,11 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     evaluator = PooledEvaluator(threshold=segmenter.threshold)
     failures: list[tuple[str, str]] = []
+    notes: list[str] = []
     truths: dict[str, tuple] = {}
 
     def load(item: TestItem):
-        image, extra = _load(item)
+        image, extra = _load(item, notes)
         truths[item.id] = (image, *extra)
         return image, extra[1]
 
@@ -128,10 +132,11 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
         "mean": table[table["id"] == "mean"].iloc[0][list(METRIC_NAMES)].to_dict(),
         "std": table[table["id"] == "std"].iloc[0][list(METRIC_NAMES)].to_dict(),
         "failures": failures,
+        "warnings": sorted(notes),
         **(description or {}),
     }
     write_text_atomic(out / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
-    return TestReport(out, table, pooled, failures)
+    return TestReport(out, table, pooled, failures, sorted(notes))
 
 
 def _clean(value):
@@ -173,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", help="raw dataset folder (with --dataset)")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
     parser.add_argument("--tta", action="store_true", help="average flipped predictions")
+    parser.add_argument("--backend", choices=BACKENDS, default="keras",
+                        help="run the Keras model (default) or its ONNX / TFLite export "
+                             "(RUN/export/, made on first use; ONNX needs pip install "
+                             "\"vesselseg[export]\")")
     parser.add_argument("--threshold", type=float,
                         help="decision threshold (default: the run's validation-chosen one)")
     parser.add_argument("--out", help="output folder (default: a new folder in RUN/tests/)")
@@ -188,22 +197,32 @@ def _main(args: argparse.Namespace) -> int:
     else:
         items = items_from_dataset(args.dataset, args.source, args.split)
         data_label = f"{args.dataset}:{args.source}"
-    kwargs = {"tta": args.tta}
+    kwargs = {"tta": args.tta, "backend": args.backend}
     if args.threshold is not None:
         kwargs["threshold"] = args.threshold
     segmenter = Segmenter.from_run(args.run, **kwargs) if args.run else \
         Segmenter.pretrained(**kwargs)
+    created = True
     if args.out:
         out = Path(args.out)
         if out.exists() and any(out.iterdir()):
             raise VesselsegError(f"{out}: output folder is not empty; choose a new --out")
+        created = not out.exists()
     elif args.run:
         out = new_folder(Path(args.run) / "tests", args.split)
     else:
         out = new_folder("artifacts/tests", f"pretrained_{args.split}")
-    report = run_test(segmenter, items, out, save_images=not args.no_images,
-                      description={"data": data_label, "split": args.split,
-                                   "run": str(args.run or PRETRAINED_DIR)})
+    try:
+        report = run_test(segmenter, items, out, save_images=not args.no_images,
+                          description={"data": data_label, "split": args.split,
+                                       "run": str(args.run or PRETRAINED_DIR),
+                                       "backend": args.backend})
+    except BaseException:
+        if created:  # no image evaluated, disk full, Ctrl-C...: leave no partial result folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    for note in report.notes:
+        print(f"warning: {note}", file=sys.stderr)
     print(format_table(report.table))
     print(f"\n{PROTOCOL}; threshold {segmenter.threshold:.3f}" + (", flip TTA" if args.tta else ""))
     print(f"results: {report.out}")

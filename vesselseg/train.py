@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -180,9 +181,13 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     resumed = run is not None
     if run is None:
         run = new_run_folder(config)
-        save_config(config, run / "config.json")
-        _write_status(run, state="running", fingerprint=config_fingerprint(config),
-                      started=datetime.now(timezone.utc).isoformat())
+        try:
+            save_config(config, run / "config.json")
+            _write_status(run, state="running", fingerprint=config_fingerprint(config),
+                          started=datetime.now(timezone.utc).isoformat())
+        except OSError:  # e.g. disk full: leave no half-made run folder behind
+            shutil.rmtree(run, ignore_errors=True)
+            raise
     else:
         print(f"resuming unfinished run {run}")
 
@@ -216,10 +221,12 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
         learning_curves(pd.read_csv(run / "history.csv"), run / "learning_curves.png")
     if diverged:
         _write_status(run, state="diverged", seconds=seconds)
+        best = run / "best.keras"
+        kept = (f"The best model so far is kept in {best}." if best.exists() else
+                f"No epoch finished with a valid loss, so no model was saved in {run}.")
         raise TrainingDiverged(
-            f"training stopped: the loss became NaN/inf at epoch {len(losses)}. The best model so "
-            f"far is kept in {run / 'best.keras'}. Lower --learning-rate or use --precision "
-            f"float32.")
+            f"training stopped: the loss became NaN/inf at epoch {len(losses)}. {kept} Lower "
+            f"--learning-rate or use --precision float32.")
     if not (run / "best.keras").exists():
         model.save(run / "best.keras")
     threshold = choose_threshold(run, val_rows)
