@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..cli import run_cli
-from ..config import PreprocessConfig, TrainConfig, load_config
+from ..config import TrainConfig, load_config
 from ..io import write_text_atomic
 from ..outputs import new_folder
 
@@ -34,60 +34,71 @@ def run_benchmark(dataset: str, source: str | Path, out: str | Path,
                   budget_minutes: float | None = None, recipe: str | Path | None = None,
                   tta: bool = False, progress: bool = True) -> dict:
     """Preprocess, train and test; returns the results dictionary (also written as JSON)."""
-    from ..inference import Segmenter
-    from ..preprocess import preprocess_dataset
-    from ..test import items_from_manifest, run_test
     from ..train import train
 
     out = Path(out)
     recipe_path = Path(recipe) if recipe else RECIPES / f"{dataset}.json"
     config = load_config(TrainConfig, recipe_path)
-    data = out / "data"
-    preprocess_dataset(dataset, source, data, PreprocessConfig(**_preprocess_fields(config)),
-                       progress=progress)
+    data = prepare_data(dataset, source, out / "data" / dataset, config, progress)
     if budget_minutes is not None:
         config = replace(config, budget_minutes=budget_minutes)
     config = replace(config, data=str(data), runs_dir=str(out / "runs"))
     run = train(config, progress=progress)
-    status = json.loads((run / "status.json").read_text(encoding="utf-8"))
-    segmenter = Segmenter.from_run(run, tta=tta)
-    report = run_test(segmenter, items_from_manifest(data), run / "tests" / "benchmark",
-                      progress=progress)
-    results = {
-        "dataset": dataset,
-        "recipe": str(recipe_path),
-        "run": str(run),
-        "training_minutes": round(status["seconds"] / 60.0, 1),
-        "epochs": status["epochs"],
-        "threshold": segmenter.threshold,
-        "tta": tta,
-        "test_images": len(report.table) - 3,
-        "pooled": report.pooled,
-        "protocol": "native resolution, inside the FOV, pooled over the test images, 1st "
-                    "annotator, threshold chosen on validation images",
-    }
+    results = {"dataset": dataset, "recipe": str(recipe_path), **training_facts(run),
+               **evaluate_run(run, data, run / "tests" / "benchmark", tta, progress)}
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_text_atomic(out / "results.md", markdown_table(results))
     return results
 
 
-def _preprocess_fields(config: TrainConfig) -> dict:
-    p = config.preprocess
-    return {"size": p.size, "enhancement": p.enhancement, "crop_to_fov": p.crop_to_fov,
-            "val_fraction": p.val_fraction, "augment": p.augment, "seed": p.seed}
+def prepare_data(dataset: str, source: str | Path, data: Path, config: TrainConfig,
+                 progress: bool = True) -> Path:
+    """Preprocess a raw dataset as the recipe says (images without annotation are skipped)."""
+    from ..preprocess import preprocess_dataset
+
+    preprocess_dataset(dataset, source, data, replace(config.preprocess), progress=progress,
+                       skip_missing=True)
+    return data
+
+
+def training_facts(run: Path) -> dict:
+    status = json.loads((run / "status.json").read_text(encoding="utf-8"))
+    return {"run": str(run), "training_minutes": round(status["seconds"] / 60.0, 1),
+            "epochs": status["epochs"]}
+
+
+def evaluate_run(run: str | Path | None, data: Path, out: Path, tta: bool = False,
+                 progress: bool = True) -> dict:
+    """Test a run (None: the shipped model) on the test split of a preprocessed folder."""
+    from ..inference import Segmenter
+    from ..test import items_from_manifest, run_test
+
+    segmenter = Segmenter.from_run(run, tta=tta) if run else Segmenter.pretrained(tta=tta)
+    report = run_test(segmenter, items_from_manifest(data), out, progress=progress)
+    return {"threshold": segmenter.threshold, "tta": tta, "test_images": len(report.table) - 3,
+            "tests": str(report.out), "pooled": report.pooled, "protocol": PROTOCOL}
+
+
+PROTOCOL = ("native resolution, inside the FOV, pooled over the test images, 1st annotator, "
+            "threshold chosen on validation images")
+HEADER = ["| test set | model | Acc | Se | Sp | Precision | F1 | IoU | AUC-ROC | AUC-PR | clDice |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def metrics_row(test_set: str, model: str, pooled: dict) -> str:
+    names = ("accuracy", "sensitivity", "specificity", "precision", "f1", "iou", "auc_roc",
+             "auc_pr", "cldice")
+    return f"| {test_set} | {model} | " + " | ".join(f"{pooled[n]:.4f}" for n in names) + " |"
 
 
 def markdown_table(results: dict) -> str:
-    p = results["pooled"]
-    lines = [f"| {results['dataset']} test | Acc | Se | Sp | Precision | F1 | IoU | AUC-ROC | "
-             f"AUC-PR | clDice |", "|---|---|---|---|---|---|---|---|---|---|",
-             f"| vesselseg ({results['training_minutes']} min CPU) | {p['accuracy']:.4f} | "
-             f"{p['sensitivity']:.4f} | {p['specificity']:.4f} | {p['precision']:.4f} | "
-             f"{p['f1']:.4f} | {p['iou']:.4f} | {p['auc_roc']:.4f} | {p['auc_pr']:.4f} | "
-             f"{p['cldice']:.4f} |"]
+    lines = [*HEADER, metrics_row(f"{results['dataset']} ({results['test_images']} images)",
+                                  f"vesselseg ({results['training_minutes']} min CPU)",
+                                  results["pooled"])]
     for name, f1, auc in PUBLISHED.get(results["dataset"], []):
         auc_text = f"{auc:.3f}" if auc else ""
-        lines.append(f"| {name} (published) | | | | | {f1:.4f} | | {auc_text} | | |")
+        lines.append(f"| {results['dataset']} | {name} (published) | | | | | {f1:.4f} | | "
+                     f"{auc_text} | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="preprocessed folder at 512x512")
-    parser.add_argument("--base-filters", type=int, default=16)
+    parser.add_argument("--base-filters", type=int, default=8,
+                        help="U-Net width (default 8, the shipped model's)")
     parser.add_argument("--steps", type=int, default=12)
     return run_cli(_main, parser, argv)
 

@@ -1,20 +1,27 @@
-"""Speed and memory benchmark of the default model on this machine; prints every figure next to
-its target.
+"""Speed and memory benchmark of a model on this machine; prints every figure next to its target
+and writes them as JSON and as the markdown table README shows.
 
     python -m vesselseg.benchmarks.speed --source ../shared/datasets/DRIVE \\
-        --hrf ../shared/datasets/HRF [--run RUN]
+        --hrf ../shared/datasets/HRF [--run RUN] [--out FOLDER]
 
-Figures: model-only inference (images/s at batch 1 and 8, float32 and bfloat16); end-to-end
-`eval` throughput on the DRIVE test images and its ratio to model-only; training throughput with
-the real tf.data pipeline vs in-memory tensors; achieved GFLOP/s of the forward pass against a
-large matrix product in the same dtype; peak RSS of training and of eval on a full HRF image;
-eval time against pixel count for three sizes.
+Figures (default model: the shipped pretrained one, else --run):
+- model-only inference at 512x512, images/s at batch 1, 4 and 8: Keras float32 and bfloat16,
+  and the same weights exported to ONNX Runtime and TFLite (float32);
+- achieved GFLOP/s of the forward pass against a 4096^3 matrix product in the same dtype;
+- end-to-end `eval` on the 20 DRIVE test photos (read, preprocess, predict, map back, 3 PNGs)
+  and its ratio to model-only throughput at the batch eval uses;
+- training images/s at batch 4: tf.data pipeline vs in-memory tensors, float32 vs bfloat16;
+- peak RSS of training at batch 4 and of eval on a full 3504x2336 HRF photo (each in its own
+  process);
+- eval seconds against pixel count for three sizes of the same photo.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import run_cli
+
+BATCHES = (1, 4, 8)
+EVAL_BATCH = 4  # Segmenter's default batch size: the fair model-only reference for eval
+TARGETS = {
+    "seconds_per_image": 0.1, "aim_seconds_per_image": 0.05, "eval_ratio": 0.9,
+    "pipeline_overhead": 0.10, "hrf_rss_mb": 2048.0, "backend_ratio": 1.2,
+    "linearity": 1.5,  # largest / smallest us per pixel over the three sizes
+}
 
 
 def _timed(func, repeat: int, warmup: int = 2) -> float:
@@ -38,37 +53,56 @@ def _timed(func, repeat: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
-def _build(run: Path | None, policy: str):
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def model_source(run: Path | None) -> Path:
+    from ..errors import ModelLoadError
+    from ..inference import MODEL_FILE, PRETRAINED_DIR
+
+    source = run or PRETRAINED_DIR
+    if not (source / MODEL_FILE).exists():
+        raise ModelLoadError(f"{source}: no {MODEL_FILE}; pass --run RUN_FOLDER")
+    return source
+
+
+def build_model(source: Path, policy: str):
+    """The run's architecture built under `policy` (dtype policies are baked into a saved
+    model's config, so a loaded model would ignore the global policy) with its weights."""
     import keras
 
-    from ..inference import PRETRAINED_DIR, load_keras_model
+    from ..config import TrainConfig, load_config
+    from ..inference import MODEL_FILE, load_keras_model
     from ..model import get_model
 
+    config = load_config(TrainConfig, source / "config.json")
+    trained = load_keras_model(source / MODEL_FILE)
     keras.mixed_precision.set_global_policy(policy)
-    source = run or PRETRAINED_DIR
-    if (source / "best.keras").exists():
-        trained = load_keras_model(source / "best.keras")
-        model = keras.Model.from_config(trained.get_config())
+    try:
+        model = get_model(config.architecture, base_filters=config.base_filters,
+                          depth=config.depth, batch_norm=config.batch_norm,
+                          dropout=config.dropout)
         model.set_weights(trained.get_weights())
-    else:
-        model = get_model("unet", base_filters=16, depth=4, batch_norm=True)
-    keras.mixed_precision.set_global_policy("float32")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     return model
 
 
-def model_throughput(run: Path | None, size: int = 512, repeat: int = 5) -> dict:
-    """Images/s of the bare model at batch 1 and 8 in float32 and bfloat16."""
+def runner_throughput(runner, size: int = 512, repeat: int = 5) -> dict[str, float]:
+    """Images/s of a runner (float32 [N,S,S,3] -> [N,S,S]) at each batch size."""
+    results = {}
+    for batch in BATCHES:
+        x = np.random.default_rng(0).random((batch, size, size, 3), np.float32)
+        results[f"batch{batch}"] = batch / _timed(lambda x=x: runner(x), repeat)
+    return results
+
+
+def keras_runner(model):
     import tensorflow as tf
 
-    results = {}
-    for policy, label in (("float32", "float32"), ("mixed_bfloat16", "bfloat16")):
-        model = _build(run, policy)
-        infer = tf.function(lambda x, m=model: m(x, training=False), jit_compile=False)
-        for batch in (1, 8):
-            x = tf.constant(np.random.default_rng(0).random((batch, size, size, 3), np.float32))
-            seconds = _timed(lambda x=x, f=infer: f(x).numpy(), repeat)
-            results[f"{label}_batch{batch}"] = batch / seconds
-    return results
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda x: np.asarray(infer(tf.constant(x)), np.float32)[..., 0]
 
 
 def matmul_gflops(dtype: str, n: int = 4096, repeat: int = 5) -> float:
@@ -81,14 +115,11 @@ def matmul_gflops(dtype: str, n: int = 4096, repeat: int = 5) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
-def eval_throughput(run: Path | None, drive: Path, backend: str | None = None) -> dict:
+def eval_throughput(segmenter, drive: Path) -> dict:
     """End-to-end eval over the DRIVE test photos: read, preprocess, predict, write 3 PNGs."""
     from ..eval import segment_images
-    from ..inference import Segmenter
 
     images = sorted((drive / "test" / "images").iterdir())
-    kwargs = {"backend": backend} if backend else {}
-    segmenter = Segmenter.from_run(run, **kwargs) if run else Segmenter.pretrained(**kwargs)
     with tempfile.TemporaryDirectory() as tmp:
         segment_images(segmenter, images[:4], Path(tmp) / "warmup", progress=False)
         start = time.perf_counter()
@@ -97,7 +128,9 @@ def eval_throughput(run: Path | None, drive: Path, backend: str | None = None) -
     return {"images": len(images), "images_per_s": len(images) / seconds}
 
 
-def training_throughput(data: Path, base_filters: int, steps: int = 12) -> dict:
+def training_throughput(data: str | Path, base_filters: int, steps: int = 12,
+                        depth: int = 4, policy: str = "float32",
+                        sources: tuple[str, ...] = ("in_memory", "pipeline")) -> dict:
     """Training images/s at batch 4, 512x512: real tf.data pipeline vs in-memory tensors."""
     import keras
     import tensorflow as tf
@@ -110,26 +143,237 @@ def training_throughput(data: Path, base_filters: int, steps: int = 12) -> dict:
 
     rows = split_rows(load_manifest(data), "train")
     real = make_dataset(rows, 4, training=True, augment_config=AugmentConfig())
-    batch = next(iter(real))
-    memory = tf.data.Dataset.from_tensors(batch).repeat()
+    datasets = {"pipeline": real,
+                "in_memory": tf.data.Dataset.from_tensors(next(iter(real))).repeat()}
     results = {}
-    for label, dataset in (("in_memory", memory), ("pipeline", real)):
-        keras.utils.set_random_seed(0)
-        model = get_model("unet", base_filters=base_filters, depth=4, batch_norm=True)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=make_loss("dice"))
-        model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0)  # warm-up and tracing
-        start = time.perf_counter()
-        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-        results[label] = 4 * steps / (time.perf_counter() - start)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        for label in sources:
+            keras.utils.set_random_seed(0)
+            model = get_model("unet", base_filters=base_filters, depth=depth, batch_norm=True)
+            model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=make_loss("bce_dice"))
+            model.fit(datasets[label], steps_per_epoch=3, epochs=1, verbose=0)  # warm-up, trace
+            start = time.perf_counter()
+            model.fit(datasets[label], steps_per_epoch=steps, epochs=1, verbose=0)
+            results[label] = 4 * steps / (time.perf_counter() - start)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     return results
 
 
 def peak_rss_mb(code: str) -> float:
-    """Peak resident memory (MB) of a child Python process running `code`."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(before, after) / 1024.0
+    """Peak resident memory (MB) of a fresh Python process running `code` (it reports its own
+    maximum, so earlier children cannot inflate the figure)."""
+    report = ("\nimport resource, sys\n"
+              "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    done = subprocess.run([sys.executable, "-c", code + report], check=True,
+                          capture_output=True, text=True)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("PEAK_RSS_KB"))
+    return int(line.split()[1]) / 1024.0
+
+
+def pixel_scaling(segmenter, photo: Path, tmp: Path) -> list[dict]:
+    """Eval seconds of the same photo at three sizes (1/4, 1/2 and all of its pixels)."""
+    import cv2
+
+    from ..eval import segment_images
+    from ..io import read_image, write_png
+
+    image = read_image(photo)
+    rows = []
+    for index, share in enumerate((0.25, 0.5, 1.0)):
+        factor = share ** 0.5
+        resized = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+        path = tmp / f"scaled_{index}.png"
+        write_png(path, resized)
+        segment_images(segmenter, [path], tmp / f"warm_{index}", progress=False)
+        times = []
+        for repeat in range(3):
+            start = time.perf_counter()
+            segment_images(segmenter, [path], tmp / f"out_{index}_{repeat}", progress=False)
+            times.append(time.perf_counter() - start)
+        rows.append({"width": resized.shape[1], "height": resized.shape[0],
+                     "pixels": resized.shape[0] * resized.shape[1],
+                     "seconds": float(np.median(times))})
+    return rows
+
+
+def machine() -> str:
+    from ..devices import cpu_has_bf16
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{name}, {os.cpu_count()} logical CPUs, "
+            f"{'bf16 matrix units' if cpu_has_bf16() else 'no bf16 units'}, no GPU")
+
+
+def measure(source: Path, drive: Path, hrf: Path, say=print) -> dict:
+    """Every figure of the benchmark, printed as it comes; returns them as a dict."""
+    import tensorflow as tf
+
+    from ..config import PreprocessConfig, TrainConfig, load_config
+    from ..inference import Segmenter
+    from ..model import forward_flops
+    from ..preprocess import preprocess_dataset
+
+    config = load_config(TrainConfig, source / "config.json")
+    figures: dict = {"machine": machine(), "model": str(source),
+                     "tensorflow": tf.__version__, "targets": TARGETS}
+    say(f"machine: {figures['machine']}; TensorFlow {tf.__version__}\nmodel: {source} "
+        f"(U-Net base {config.base_filters}, depth {config.depth})")
+
+    say("\nmodel-only inference, 512x512 (images/s)")
+    model32 = build_model(source, "float32")
+    flops = forward_flops(model32, 512, 512)
+    figures["forward_gflop"] = flops / 1e9
+    figures["parameters"] = int(model32.count_params())
+    say(f"  forward pass {flops / 1e9:.1f} GFLOP, {model32.count_params():,} parameters")
+    model_only = {"keras_float32": runner_throughput(keras_runner(model32)),
+                  "keras_bfloat16": runner_throughput(
+                      keras_runner(build_model(source, "mixed_bfloat16")))}
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "run"
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("export", "tests"))
+        segmenters = {"keras": Segmenter.from_run(copy)}
+        for backend in ("onnx", "tflite"):
+            try:
+                segmenters[backend] = Segmenter.from_run(copy, backend=backend)
+            except Exception as exc:  # noqa: BLE001 - a missing optional runtime is reported
+                say(f"  {backend}: not measured ({exc})")
+                continue
+            model_only[f"{backend}_float32"] = runner_throughput(segmenters[backend].runner)
+        figures["model_only"] = model_only
+        for name, rates in model_only.items():
+            say(f"  {name:16s} " + "  ".join(
+                f"batch {b}: {rates[f'batch{b}']:6.2f} img/s ({1 / rates[f'batch{b}']:.3f} s)"
+                for b in BATCHES))
+        default_rate = model_only["keras_float32"][f"batch{EVAL_BATCH}"]
+        seconds = 1 / default_rate
+        say(f"  target: <= {TARGETS['seconds_per_image']} s per image (aim "
+            f"{TARGETS['aim_seconds_per_image']}), default path (Keras float32, batch "
+            f"{EVAL_BATCH}): {seconds:.3f} s [{_verdict(seconds <= TARGETS['seconds_per_image'])}"
+            f"{', aim met' if seconds <= TARGETS['aim_seconds_per_image'] else ''}]")
+        fastest = max(model_only, key=lambda k: model_only[k][f"batch{EVAL_BATCH}"])
+        ratio = model_only[fastest][f"batch{EVAL_BATCH}"] / default_rate
+        figures["fastest_model_only"] = {"name": fastest, "ratio_to_keras_float32": ratio}
+        say(f"  fastest at batch {EVAL_BATCH}: {fastest}, {ratio:.2f}x Keras float32 (target: "
+            f"Keras within {TARGETS['backend_ratio']}x of the fastest float32 backend) "
+            f"[{_verdict(_backend_ok(model_only))}]")
+
+        say("\nachieved GFLOP/s of the forward pass (batch 8) vs a 4096^3 matrix product")
+        for label, dtype in (("float32", "float32"), ("bfloat16", "bfloat16")):
+            peak = matmul_gflops(dtype)
+            achieved = model_only[f"keras_{label}"]["batch8"] * flops / 1e9
+            figures[f"gflops_{label}"] = {"model": achieved, "matmul": peak}
+            say(f"  {label:9s} model {achieved:7.1f} GFLOP/s, matmul {peak:7.1f} GFLOP/s "
+                f"({100 * achieved / peak:.0f} % of the matrix-product rate)")
+
+        say("\nend-to-end eval on the DRIVE test photos (read, preprocess, predict, 3 PNGs)")
+        figures["eval"] = {}
+        for backend, segmenter in segmenters.items():
+            e2e = eval_throughput(segmenter, drive)
+            key = "keras_float32" if backend == "keras" else f"{backend}_float32"
+            e2e["ratio_to_model_only"] = (e2e["images_per_s"]
+                                          / model_only[key][f"batch{EVAL_BATCH}"])
+            figures["eval"][backend] = e2e
+            say(f"  {backend:7s} {e2e['images_per_s']:.2f} img/s = "
+                f"{e2e['ratio_to_model_only']:.2f} of model-only at batch {EVAL_BATCH} (target >= "
+                f"{TARGETS['eval_ratio']}) "
+                f"[{_verdict(e2e['ratio_to_model_only'] >= TARGETS['eval_ratio'])}]")
+
+    say("\ntraining throughput, batch 4, 512x512 (images/s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "drive"
+        preprocess_dataset("drive", drive, data, PreprocessConfig(), progress=False)
+        training = training_throughput(data, config.base_filters, depth=config.depth)
+        training["bfloat16_pipeline"] = training_throughput(
+            data, config.base_filters, depth=config.depth, policy="mixed_bfloat16",
+            sources=("pipeline",))["pipeline"]
+        overhead = training["in_memory"] / training["pipeline"] - 1
+        figures["training"] = {**training, "pipeline_overhead": overhead}
+        say(f"  float32: in-memory {training['in_memory']:.2f}, tf.data pipeline "
+            f"{training['pipeline']:.2f}: overhead {100 * overhead:.1f} % (target <= "
+            f"{100 * TARGETS['pipeline_overhead']:.0f} %) "
+            f"[{_verdict(overhead <= TARGETS['pipeline_overhead'])}]")
+        say(f"  bfloat16 (mixed) with the pipeline: {training['bfloat16_pipeline']:.2f} "
+            f"({training['bfloat16_pipeline'] / training['pipeline']:.2f}x float32)")
+        code = ("import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='2'\n"
+                "from vesselseg.benchmarks.speed import training_throughput\n"
+                f"training_throughput({str(data)!r}, {config.base_filters}, steps=4, "
+                f"depth={config.depth}, sources=('pipeline',))")
+        figures["training_peak_rss_mb"] = peak_rss_mb(code)
+        say(f"  peak RSS of training at batch 4: {figures['training_peak_rss_mb']:.0f} MB")
+
+    say("\neval on a full HRF photo (3504x2336): peak RSS, and time against pixel count")
+    photo = next(p for p in sorted((hrf / "images").iterdir()) if p.name.startswith("01_h"))
+    with tempfile.TemporaryDirectory() as tmp:
+        code = ("import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='2'\n"
+                "from pathlib import Path\nfrom vesselseg.inference import Segmenter\n"
+                "from vesselseg.eval import segment_images\n"
+                f"segment_images(Segmenter.from_run({str(source)!r}), [Path({str(photo)!r})], "
+                f"Path({tmp!r}) / 'o', progress=False)")
+        figures["hrf_eval_peak_rss_mb"] = peak_rss_mb(code)
+        say(f"  peak RSS {figures['hrf_eval_peak_rss_mb']:.0f} MB (target <= "
+            f"{TARGETS['hrf_rss_mb']:.0f} MB) "
+            f"[{_verdict(figures['hrf_eval_peak_rss_mb'] <= TARGETS['hrf_rss_mb'])}]")
+        figures["scaling"] = pixel_scaling(Segmenter.from_run(source), photo, Path(tmp))
+    per_pixel = [row["seconds"] / row["pixels"] for row in figures["scaling"]]
+    spread = max(per_pixel) / min(per_pixel)
+    figures["scaling_spread"] = spread
+    for row in figures["scaling"]:
+        say(f"  {row['width']}x{row['height']}: {row['seconds']:.3f} s, "
+            f"{1e9 * row['seconds'] / row['pixels']:.1f} ns/pixel")
+    say(f"  time per pixel varies {spread:.2f}x over the three sizes (linear: <= "
+        f"{TARGETS['linearity']}x) [{_verdict(spread <= TARGETS['linearity'])}]")
+    return figures
+
+
+def _backend_ok(model_only: dict) -> bool:
+    float32 = {k: v[f"batch{EVAL_BATCH}"] for k, v in model_only.items() if "float32" in k}
+    return max(float32.values()) <= TARGETS["backend_ratio"] * float32["keras_float32"]
+
+
+def markdown_table(figures: dict) -> str:
+    """The README "Speed" table."""
+    m = figures["model_only"]
+    rows = [f"Machine: {figures['machine']}; TensorFlow {figures['tensorflow']}. Model: "
+            f"{figures['parameters']:,} parameters, {figures['forward_gflop']:.1f} GFLOP per "
+            f"512x512 forward pass.", "",
+            "| figure | measured | target |", "|---|---|---|"]
+    default = m["keras_float32"][f"batch{EVAL_BATCH}"]
+    rows.append(f"| model only, Keras float32, batch {EVAL_BATCH} (default) | "
+                f"{1 / default:.3f} s/img ({default:.1f} img/s) | <= 0.1 s (aim 0.05) |")
+    for name, rates in m.items():
+        rows.append(f"| model only, {name.replace('_', ' ')}, batch 1 / 8 | "
+                    f"{rates['batch1']:.1f} / {rates['batch8']:.1f} img/s | |")
+    for label in ("float32", "bfloat16"):
+        g = figures[f"gflops_{label}"]
+        rows.append(f"| forward pass {label}: achieved vs 4096^3 matmul | {g['model']:.0f} vs "
+                    f"{g['matmul']:.0f} GFLOP/s ({100 * g['model'] / g['matmul']:.0f} %) | |")
+    for backend, e2e in figures["eval"].items():
+        rows.append(f"| end-to-end eval, 20 DRIVE photos, {backend} | "
+                    f"{e2e['images_per_s']:.1f} img/s ({e2e['ratio_to_model_only']:.2f} of "
+                    f"model-only) | >= 0.9 |")
+    t = figures["training"]
+    rows += [f"| training batch 4, tf.data vs in-memory (float32) | {t['pipeline']:.2f} vs "
+             f"{t['in_memory']:.2f} img/s ({100 * t['pipeline_overhead']:.1f} % overhead) | "
+             f"<= 10 % |",
+             f"| training batch 4, bfloat16 vs float32 (pipeline) | "
+             f"{t['bfloat16_pipeline']:.2f} vs {t['pipeline']:.2f} img/s | |",
+             f"| peak RSS, training batch 4 | {figures['training_peak_rss_mb']:.0f} MB | |",
+             f"| peak RSS, eval of a 3504x2336 HRF photo | "
+             f"{figures['hrf_eval_peak_rss_mb']:.0f} MB | <= 2048 MB |"]
+    sizes = ", ".join(f"{r['width']}x{r['height']} {r['seconds']:.2f} s"
+                      for r in figures["scaling"])
+    rows.append(f"| eval time vs size (HRF photo) | {sizes} ({figures['scaling_spread']:.2f}x "
+                f"spread per pixel) | linear |")
+    return "\n".join(rows) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,105 +383,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", help="run folder (default: the shipped pretrained model)")
     parser.add_argument("--source", default="../shared/datasets/DRIVE", help="DRIVE folder")
     parser.add_argument("--hrf", default="../shared/datasets/HRF", help="HRF folder")
-    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--out", help="folder for speed.json and speed.md "
+                                      "(default: a new folder in artifacts/benchmarks)")
     return parser
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ..config import PreprocessConfig, TrainConfig, load_config
-    from ..inference import PRETRAINED_DIR
-    from ..model import forward_flops
-    from ..preprocess import preprocess_dataset
+    from ..errors import DatasetError
+    from ..io import write_text_atomic
+    from ..outputs import new_folder
 
-    run = Path(args.run) if args.run else None
-    config = load_config(TrainConfig, (run or PRETRAINED_DIR) / "config.json")
+    source = model_source(Path(args.run) if args.run else None)
     drive, hrf = Path(args.source), Path(args.hrf)
-    figures: dict = {}
-
-    print("model-only inference, 512x512 (images/s)")
-    model = _build(run, "float32")
-    flops = forward_flops(model, 512, 512)
-    figures["forward_gflop"] = flops / 1e9
-    figures["model"] = model_throughput(run)
-    for key, value in figures["model"].items():
-        print(f"  {key:18s} {value:7.2f} img/s  {1 / value:.3f} s/img")
-    best = max(figures["model"].values())
-    print(f"  target: <= 0.1 s per image (aim 0.05): best {1 / best:.3f} s "
-          f"[{'met' if 1 / best <= 0.1 else 'NOT met'}]")
-
-    print("\nachieved GFLOP/s of the forward pass vs a 4096^3 matrix product")
-    for label, dtype in (("float32", "float32"), ("bfloat16", "bfloat16")):
-        peak = matmul_gflops(dtype)
-        achieved = figures["model"][f"{label}_batch8"] * flops / 1e9
-        figures[f"gflops_{label}"] = {"model": achieved, "matmul": peak}
-        print(f"  {label:9s} model {achieved:7.1f} GFLOP/s, matmul {peak:7.1f} GFLOP/s "
-              f"({100 * achieved / peak:.0f} % of the matrix-product rate)")
-
-    print("\nend-to-end eval on the DRIVE test photos (read, preprocess, predict, 3 PNGs)")
-    e2e = eval_throughput(run, drive)
-    model_rate = figures["model"]["float32_batch8"]
-    figures["eval"] = {**e2e, "ratio_to_model_only": e2e["images_per_s"] / model_rate}
-    print(f"  {e2e['images_per_s']:.2f} img/s = {figures['eval']['ratio_to_model_only']:.2f} of "
-          f"model-only (target >= 0.9)")
-
-    print("\ntraining throughput, batch 4, 512x512")
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "drive"
-        preprocess_dataset("drive", drive, data, PreprocessConfig(), progress=False)
-        training = training_throughput(data, config.base_filters)
-        overhead = training["in_memory"] / training["pipeline"] - 1
-        figures["training"] = {**training, "pipeline_overhead": overhead}
-        print(f"  in-memory {training['in_memory']:.2f} img/s, tf.data pipeline "
-              f"{training['pipeline']:.2f} img/s: overhead {100 * overhead:.1f} % (target <= 10 %)")
-        code = ("import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='2'\n"
-                "from vesselseg.benchmarks.speed import training_throughput\n"
-                f"training_throughput({str(data)!r}, {config.base_filters}, steps=4)")
-        figures["training_peak_rss_mb"] = peak_rss_mb(code)
-        print(f"  peak RSS of training at batch 4: {figures['training_peak_rss_mb']:.0f} MB")
-
-    print("\neval on a full HRF photo (3504x2336): peak RSS, and time against pixel count")
-    photo = next(p for p in sorted((hrf / "images").iterdir()) if p.name.startswith("01_h"))
-    run_arg = f"Segmenter.from_run({str(run)!r})" if run else "Segmenter.pretrained()"
-    with tempfile.TemporaryDirectory() as tmp:
-        code = ("import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='2'\n"
-                "from pathlib import Path\nfrom vesselseg.inference import Segmenter\n"
-                "from vesselseg.eval import segment_images\n"
-                f"segment_images({run_arg}, [Path({str(photo)!r})], Path({tmp!r}) / 'o', "
-                "progress=False)")
-        figures["hrf_eval_peak_rss_mb"] = peak_rss_mb(code)
-        print(f"  peak RSS {figures['hrf_eval_peak_rss_mb']:.0f} MB (target <= 2048 MB)")
-        figures["scaling"] = _pixel_scaling(run, photo, Path(tmp))
-    for row in figures["scaling"]:
-        print(f"  {row['width']}x{row['height']}: {row['seconds']:.3f} s, "
-              f"{1e6 * row['seconds'] / row['pixels']:.3f} us/pixel")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    for folder, needed in ((drive, "test/images"), (hrf, "images")):
+        if not (folder / needed).is_dir():
+            raise DatasetError(f"{folder}: no {needed} folder (pass --source / --hrf)")
+    figures = measure(source, drive, hrf)
+    out = Path(args.out) if args.out else new_folder("artifacts/benchmarks", "speed")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "speed.json", json.dumps(figures, indent=2) + "\n")
+    write_text_atomic(out / "speed.md", markdown_table(figures))
+    print(f"\nresults: {out / 'speed.json'}, {out / 'speed.md'}")
     return 0
-
-
-def _pixel_scaling(run: Path | None, photo: Path, tmp: Path) -> list[dict]:
-    """Eval seconds of the same photo at three sizes (1x, 2x, 4x the pixels)."""
-    import cv2
-
-    from ..eval import segment_images
-    from ..inference import Segmenter
-    from ..io import read_image, write_png
-
-    segmenter = Segmenter.from_run(run) if run else Segmenter.pretrained()
-    image = read_image(photo)
-    rows = []
-    for index, share in enumerate((0.25, 0.5, 1.0)):
-        factor = share ** 0.5
-        resized = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-        path = tmp / f"scaled_{index}.png"
-        write_png(path, resized)
-        segment_images(segmenter, [path], tmp / f"warm_{index}", progress=False)
-        start = time.perf_counter()
-        segment_images(segmenter, [path], tmp / f"out_{index}", progress=False)
-        rows.append({"width": resized.shape[1], "height": resized.shape[0],
-                     "pixels": resized.shape[0] * resized.shape[1],
-                     "seconds": time.perf_counter() - start})
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,149 @@
+"""The shipped pretrained model: train it again from its recipe, test it on every public test set,
+and (for maintainers) ship a run as the package's model.
+
+    # test the shipped model (or --run RUN) on the DRIVE, CHASE_DB1 and HRF test images
+    python -m vesselseg.benchmarks.pretrained --datasets ../shared/datasets
+    # retrain it from vesselseg/recipes/pretrained.json first, then test the new run
+    python -m vesselseg.benchmarks.pretrained --datasets ../shared/datasets --train
+    # copy a run's model, config and threshold into vesselseg/pretrained/
+    python -m vesselseg.benchmarks.pretrained --ship RUN
+
+Training uses the training images of DRIVE (official split), CHASE_DB1 (first 20) and HRF
+(numbers 01-05 of each group); a seeded 15 % of each is held out for validation (checkpoint and
+threshold). Their test images are never seen. Results: results.json and results.md in --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from ..cli import run_cli
+from ..config import TrainConfig, load_config
+from ..errors import DatasetError
+from ..io import write_text_atomic
+from ..outputs import new_folder
+from .accuracy import (
+    HEADER,
+    PROTOCOL,
+    RECIPES,
+    evaluate_run,
+    metrics_row,
+    prepare_data,
+    training_facts,
+)
+
+#: Dataset reader name -> its folder name in the shared datasets folder.
+FOLDERS = {"drive": "DRIVE", "chase": "CHASEDB1", "hrf": "HRF"}
+SHIPPED_FILES = ("best.keras", "config.json", "threshold.json", "status.json", "history.csv")
+
+
+def preprocess_all(datasets: Path, out: Path, config: TrainConfig,
+                   progress: bool = True) -> dict[str, Path]:
+    folders = {}
+    for name, folder in FOLDERS.items():
+        if not (datasets / folder).is_dir():
+            raise DatasetError(f"{datasets / folder}: dataset folder not found")
+        folders[name] = prepare_data(name, datasets / folder, out / "data" / name, config,
+                                     progress)
+    return folders
+
+
+def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | Path | None = None,
+                             train_new: bool = False, recipe: str | Path | None = None,
+                             tta: bool = False, progress: bool = True) -> dict:
+    """Test the shipped model (or `run`, or a newly trained one) on each dataset's test split."""
+    from ..train import train
+
+    out = Path(out)
+    recipe_path = Path(recipe) if recipe else RECIPES / "pretrained.json"
+    config = load_config(TrainConfig, recipe_path)
+    folders = preprocess_all(Path(datasets), out, config, progress)
+    results: dict = {"recipe": str(recipe_path), "protocol": PROTOCOL, "tests": {}}
+    if train_new:
+        config = replace(config, data=",".join(str(f) for f in folders.values()),
+                         runs_dir=str(out / "runs"))
+        run = train(config, progress=progress)
+        results.update(training_facts(run))
+    results["model"] = str(run) if run else "shipped pretrained model"
+    for name, data in folders.items():
+        tests = new_folder((Path(run) if run else out) / "tests", name)
+        results["tests"][name] = evaluate_run(run, data, tests, tta, progress)
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "results.md", markdown_table(results))
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    lines = list(HEADER)
+    for name, test in results["tests"].items():
+        lines.append(metrics_row(f"{FOLDERS[name]} ({test['test_images']} images)",
+                                 "vesselseg pretrained" + (" + TTA" if test["tta"] else ""),
+                                 test["pooled"]))
+    return "\n".join(lines) + "\n"
+
+
+def ship(run: str | Path, target: str | Path) -> Path:
+    """Copy a finished run's model files into the package's pretrained folder (atomically per
+    file, through a temporary folder, so a failed copy leaves the old model whole)."""
+    run, target = Path(run), Path(target)
+    missing = [name for name in SHIPPED_FILES if not (run / name).exists()]
+    if missing:
+        raise DatasetError(f"{run}: not a finished run (missing {', '.join(missing)})")
+    staging = target.with_name(target.name + ".part")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in SHIPPED_FILES:
+        shutil.copy2(run / name, staging / name)
+    if (target / "MODEL_CARD.md").exists():
+        shutil.copy2(target / "MODEL_CARD.md", staging / "MODEL_CARD.md")
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vesselseg.benchmarks.pretrained",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="../shared/datasets",
+                        help="folder holding DRIVE/, CHASEDB1/ and HRF/ (default "
+                             "../shared/datasets)")
+    parser.add_argument("--run", help="test this run instead of the shipped model")
+    parser.add_argument("--train", action="store_true",
+                        help="train a new model from the recipe first, then test it")
+    parser.add_argument("--recipe", help="TrainConfig JSON (default recipes/pretrained.json)")
+    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--out", help="output folder (default: new folder in artifacts/benchmarks)")
+    parser.add_argument("--ship", metavar="RUN",
+                        help="copy RUN's model into vesselseg/pretrained/ and exit")
+    return parser
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ..inference import PRETRAINED_DIR
+
+    if args.ship:
+        print(f"shipped {args.ship} -> {ship(args.ship, PRETRAINED_DIR)}")
+        return 0
+    out = Path(args.out) if args.out else new_folder("artifacts/benchmarks", "pretrained")
+    results = run_pretrained_benchmark(args.datasets, out, args.run, args.train, args.recipe,
+                                       args.tta)
+    print(markdown_table(results))
+    print(f"protocol: {PROTOCOL}\nresults: {out / 'results.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..inference import quiet_tensorflow
+
+    quiet_tensorflow()
+    return run_cli(_main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
