@@ -69,6 +69,27 @@ def test_existing_outputs_need_overwrite(tiny_run, photos, tmp_path, capsys):
     assert main([image, "--run", str(tiny_run), "--out", str(out), "--overwrite"]) == 0
 
 
+def test_an_earlier_summary_is_never_replaced(tiny_run, photos, tmp_path, capsys):
+    """Other photos into the same --out must not silently replace the earlier summary.json."""
+    out = tmp_path / "out"
+    assert main([str(photos / "retina.jpg"), "--run", str(tiny_run), "--out", str(out)]) == 0
+    before = (out / "summary.json").read_bytes()
+    assert main([str(photos / "rgba.png"), "--run", str(tiny_run), "--out", str(out)]) == 1
+    assert "summary.json already exists" in capsys.readouterr().err
+    assert (out / "summary.json").read_bytes() == before
+    assert not (out / "rgba_mask.png").exists()
+
+
+def test_default_output_is_a_new_folder_per_run(tiny_run, photos, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert main([str(photos / "retina.jpg"), "--run", str(tiny_run)]) == 0
+    folders = sorted((tmp_path / "artifacts" / "eval").iterdir())
+    assert len(folders) == 2
+    assert all((f / "retina_overlay.png").exists() and (f / "summary.json").exists()
+               for f in folders)
+
+
 def test_empty_folder_and_missing_input_are_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 1

@@ -21,7 +21,7 @@ from .cli import describe_os_error, run_cli
 from .errors import DatasetError, VesselsegError
 from .inference import BACKENDS, Prediction, Segmenter
 from .io import is_image_file, read_image, write_png, write_text_atomic
-from .outputs import write_probability
+from .outputs import new_folder, write_probability
 from .plots import overlay
 
 OUTPUT_KINDS = ("probability", "mask", "overlay")
@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--run", help="run folder from vesselseg.train (default: the shipped "
                                       "pretrained model)")
-    parser.add_argument("--out", default="artifacts/eval", help="output folder "
-                                                                "(default artifacts/eval)")
+    parser.add_argument("--out", help="output folder (default: a new folder in artifacts/eval/; "
+                                      "an earlier result there is never replaced without "
+                                      "--overwrite)")
     parser.add_argument("--tta", action="store_true", help="average flipped predictions")
     parser.add_argument("--backend", choices=BACKENDS, default="keras",
                         help="run the Keras model (default) or its ONNX / TFLite export "
@@ -149,8 +150,13 @@ def _main(args: argparse.Namespace) -> int:
         kwargs["threshold"] = args.threshold
     segmenter = Segmenter.from_run(args.run, **kwargs) if args.run else \
         Segmenter.pretrained(**kwargs)
-    out_existed = Path(args.out).exists()
-    results = segment_images(segmenter, images, args.out, overwrite=args.overwrite,
+    out_existed = bool(args.out) and Path(args.out).exists()
+    out = Path(args.out) if args.out else new_folder("artifacts/eval", "eval")
+    summary = out / "summary.json"
+    if summary.exists() and not args.overwrite:
+        raise VesselsegError(f"{summary} already exists (an earlier eval); pass --overwrite or "
+                             f"choose another --out")
+    results = segment_images(segmenter, images, out, overwrite=args.overwrite,
                              progress=not args.json)
     failures = [r for r in results if r.error]
     if args.json:
@@ -164,7 +170,6 @@ def _main(args: argparse.Namespace) -> int:
                       f"{r.outputs['overlay']}")
     for r in failures:
         print(f"error: {r.error}", file=sys.stderr)
-    summary = Path(args.out) / "summary.json"
     try:
         write_text_atomic(summary, json.dumps(
             {"model": segmenter.source, "backend": segmenter.backend,
@@ -174,7 +179,7 @@ def _main(args: argparse.Namespace) -> int:
     except OSError:
         if not out_existed:  # nothing could be written: leave no empty output folder behind
             with contextlib.suppress(OSError):
-                Path(args.out).rmdir()
+                out.rmdir()
         raise
     if failures:
         print(f"error: {len(failures)} of {len(results)} image(s) failed", file=sys.stderr)
