@@ -134,6 +134,17 @@ def test_one_channel_target_means_all_inside_fov():
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
+def test_use_fov_false_counts_every_pixel(name):
+    """TrainConfig.use_fov_in_loss=False: the FOV channel is ignored, as if all were inside."""
+    with_fov = target(Y, [1.0, 0.0, 1.0, 0.0])
+    loss = make_loss(name, use_fov=False)
+    assert value(loss, with_fov, prediction(P)) == pytest.approx(
+        value(make_loss(name), target(Y), prediction(P)), rel=1e-6)
+    assert value(loss, with_fov, prediction(P)) != pytest.approx(
+        value(make_loss(name), with_fov, prediction(P)), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
 def test_predictions_outside_fov_do_not_matter(name):
     rng = np.random.default_rng(1)
     y_true = np.zeros((2, 8, 8, 2), np.float32)

@@ -52,13 +52,17 @@ def test_a_killed_run_resumes_at_the_right_epoch(synthetic_preprocessed, tmp_pat
     assert killed.returncode == -9  # SIGKILL
     (run,) = list(tmp_path.iterdir())
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1]
+    elapsed = json.loads((run / "status.json").read_text())["elapsed"]
+    assert elapsed > 0  # the clock of the killed epochs is kept for the budget
     env.pop("VESSELSEG_KILL_AFTER_EPOCH")
     resumed = subprocess.run(command, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming unfinished run" in resumed.stdout
     assert list(tmp_path.iterdir()) == [run]
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1, 2, 3]
-    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished"
+    assert status["epochs"] == 4 and status["seconds"] > elapsed  # counted across the resume
 
 
 def test_nan_loss_stops_with_a_clear_message(synthetic_preprocessed, tmp_path):

@@ -55,8 +55,11 @@ def focal_loss(y_true, y_pred, alpha: float = 0.25, gamma: float = 2.0):
 
 
 def make_loss(name: str = "dice", balance: float = 0.5, focal_alpha: float = 0.25,
-              focal_gamma: float = 2.0) -> Callable:
-    """The loss called `name`. Combined losses weigh their first term by `balance`."""
+              focal_gamma: float = 2.0, use_fov: bool = True) -> Callable:
+    """The loss called `name`. Combined losses weigh their first term by `balance`.
+
+    With `use_fov=False` the FOV channel of the target is dropped: every pixel counts.
+    """
 
     def focal(y_true, y_pred):
         return focal_loss(y_true, y_pred, focal_alpha, focal_gamma)
@@ -72,6 +75,12 @@ def make_loss(name: str = "dice", balance: float = 0.5, focal_alpha: float = 0.2
     if name not in losses:
         raise ConfigError(f"loss: unknown {name!r}; valid names: {', '.join(sorted(losses))}")
     chosen = losses[name]
+    if not use_fov:
+        inside_only = chosen
+
+        def chosen(y_true, y_pred):
+            return inside_only(y_true[..., :1], y_pred)
+
     chosen.__name__ = f"{name}_loss"
     return chosen
 

@@ -73,9 +73,14 @@ def new_run_folder(config: TrainConfig) -> Path:
             folder = base.with_name(f"{base.name}-{counter}")
 
 
+def _read_status(run: Path) -> dict:
+    path = run / STATUS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
 def _write_status(run: Path, **fields) -> None:
     path = run / STATUS_FILE
-    status = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    status = _read_status(run)
     status.update(fields)
     write_text_atomic(path, json.dumps(status, indent=2) + "\n")
 
@@ -110,6 +115,9 @@ def build_callbacks(config: TrainConfig, run: Path, best_so_far: float | None, s
         callbacks.append(keras.callbacks.LearningRateScheduler(cosine))
     if config.budget_minutes:
         callbacks.append(WallClockBudget(config.budget_minutes * 60.0, start))
+    # training seconds so far, kept per epoch so that a resumed run continues the clock
+    callbacks.append(keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: _write_status(run, elapsed=time.monotonic() - start)))
     kill_after = os.environ.get("VESSELSEG_KILL_AFTER_EPOCH")
     if kill_after:  # crash simulation for the resume tests: SIGKILL ourselves after an epoch
         callbacks.append(keras.callbacks.LambdaCallback(
@@ -205,9 +213,10 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
                           batch_norm=config.batch_norm, dropout=config.dropout)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss=make_loss(config.loss, config.loss_balance, config.focal_alpha,
-                                     config.focal_gamma),
+                                     config.focal_gamma, use_fov=config.use_fov_in_loss),
                       metrics=training_metrics())
-    start = time.monotonic()
+    previous = _read_status(run).get("elapsed", 0.0) if resumed else 0.0
+    start = time.monotonic() - previous  # a resumed run's budget and time include earlier epochs
     callbacks = build_callbacks(config, run, _best_validation_dice(run) if resumed else None,
                                 start)
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
@@ -217,20 +226,23 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     seconds = time.monotonic() - start
     losses = history.history.get("loss", [])
     diverged = bool(losses) and not all(math.isfinite(v) for v in losses)
+    epochs = len(losses)
     if (run / "history.csv").exists():
-        learning_curves(pd.read_csv(run / "history.csv"), run / "learning_curves.png")
+        logged = pd.read_csv(run / "history.csv")
+        epochs = max(epochs, len(logged))  # the log also holds the epochs before a resume
+        learning_curves(logged, run / "learning_curves.png")
     if diverged:
         _write_status(run, state="diverged", seconds=seconds)
         best = run / "best.keras"
         kept = (f"The best model so far is kept in {best}." if best.exists() else
                 f"No epoch finished with a valid loss, so no model was saved in {run}.")
         raise TrainingDiverged(
-            f"training stopped: the loss became NaN/inf at epoch {len(losses)}. {kept} Lower "
+            f"training stopped: the loss became NaN/inf at epoch {epochs}. {kept} Lower "
             f"--learning-rate or use --precision float32.")
     if not (run / "best.keras").exists():
         model.save(run / "best.keras")
     threshold = choose_threshold(run, val_rows)
-    _write_status(run, state="finished", seconds=seconds, epochs=len(losses),
+    _write_status(run, state="finished", seconds=seconds, epochs=epochs,
                   finished=datetime.now(timezone.utc).isoformat(), threshold=threshold)
     return run
 
