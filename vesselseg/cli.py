@@ -31,3 +31,37 @@ def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+#: The commands whose `--help` README's "Command reference" reproduces (a test keeps it in step).
+REFERENCE_COMMANDS = ("preprocess", "train", "test", "eval", "export")
+HELP_WIDTH = 100
+
+
+def help_text(module: str, width: int = HELP_WIDTH) -> str:
+    """`python -m vesselseg.<module> --help` at a fixed width (independent of the terminal)."""
+    import importlib
+    import os
+
+    parser = importlib.import_module(f"vesselseg.{module}").build_parser()
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)
+    try:
+        return parser.format_help().rstrip() + "\n"
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
+
+
+def command_reference() -> str:
+    """README's "Command reference" body: every command's --help in a text block."""
+    blocks = []
+    for module in REFERENCE_COMMANDS:
+        blocks.append(f"### `python -m vesselseg.{module}`\n\n```text\n{help_text(module)}```\n")
+    return "\n".join(blocks)
+
+
+if __name__ == "__main__":  # python -m vesselseg.cli: print the README command reference
+    print(command_reference(), end="")

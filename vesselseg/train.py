@@ -279,18 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="preprocessed folder(s) from vesselseg.preprocess; several folders "
                              "are trained on together (their train/val splits are merged)")
     parser.add_argument("--config", help="JSON config file (keys of TrainConfig); flags override")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--base-filters", type=int)
-    parser.add_argument("--depth", type=int)
+    parser.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
+    parser.add_argument("--batch-size", type=int, help="images per step (default 4)")
+    parser.add_argument("--learning-rate", type=float, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--base-filters", type=int,
+                        help="U-Net width: filters of the first level (default 16)")
+    parser.add_argument("--depth", type=int, help="U-Net levels (default 4)")
     parser.add_argument("--loss", help="dice (default), bce, focal, focal_dice, bce_dice")
-    parser.add_argument("--precision", choices=PRECISIONS)
-    parser.add_argument("--steps-per-epoch", type=int)
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="auto (default): mixed_float16 on a GPU, float32 on a CPU")
+    parser.add_argument("--steps-per-epoch", type=int,
+                        help="batches per epoch (default: one pass over the training images)")
     parser.add_argument("--budget-minutes", type=float,
                         help="stop after this much wall-clock time (best model kept)")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--run-name")
+    parser.add_argument("--seed", type=int, help="seed of weights, shuffling and augmentation")
+    parser.add_argument("--run-name", help="suffix of the run folder's name")
     parser.add_argument("--runs-dir", help="parent folder of run folders (artifacts/runs)")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch")
     parser.add_argument("--cpu-replicas", type=int, default=0,
