@@ -14,7 +14,7 @@ from vesselseg.io import read_image
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """The same retina photo as JPEG, grayscale PNG, RGBA PNG and 16-bit TIFF."""
+    """The same retina photo as JPEG, grayscale PNG, RGBA PNG, 16-bit TIFF, GIF and PPM."""
     folder = tmp_path_factory.mktemp("photos")
     retina = cv2.resize(skdata.retina(), (300, 300), interpolation=cv2.INTER_AREA)
     Image.fromarray(retina).save(folder / "retina.jpg", quality=92)
@@ -23,6 +23,8 @@ def photos(tmp_path_factory):
     Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
     cv2.imwrite(str(folder / "sixteen.tif"), cv2.cvtColor(retina, cv2.COLOR_RGB2BGR)
                 .astype(np.uint16) * 257)
+    Image.fromarray(retina).convert("P").save(folder / "palette.gif")
+    Image.fromarray(retina).save(folder / "netpbm.ppm")
     return folder
 
 
@@ -30,13 +32,13 @@ def test_every_format_is_segmented_at_native_size(tiny_run, photos, tmp_path, ca
     out = tmp_path / "out"
     assert main([str(photos), "--run", str(tiny_run), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("vessel density") == 4
-    for stem in ("retina", "gray scale", "rgba", "sixteen"):
+    assert printed.count("vessel density") == 6
+    for stem in ("retina", "gray scale", "rgba", "sixteen", "palette", "netpbm"):
         for kind in ("probability", "mask", "overlay"):
             written = read_image(out / f"{stem}_{kind}.png")
             assert written.shape[:2] == (300, 300), (stem, kind)
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["results"]) == 4 and all(r["error"] is None for r in summary["results"])
+    assert len(summary["results"]) == 6 and all(r["error"] is None for r in summary["results"])
 
 
 def test_broken_file_is_reported_and_the_others_still_processed(tiny_run, photos, tmp_path,
