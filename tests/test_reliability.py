@@ -17,8 +17,8 @@ Every failing case checks the same four promises:
 | empty folder, no images, missing annotation folder | preprocess, test, eval | test_folder_* |
 | names with spaces and non-ASCII characters | all four | test_unicode_names_* |
 | output not writable / disk full | preprocess, eval, train | test_unwritable_output_* |
-| preprocess killed half-way, re-run | preprocess | test_preprocess_killed_then_rerun |
-| training SIGKILLed, re-run | train | test_train_killed_state_is_resumed |
+| preprocess killed half-way, re-run | preprocess | test_preprocess_*killed_then_rerun |
+| training SIGKILLed, re-run | train | test_train_killed_state_is_resumed (+ test_train.py) |
 | NaN loss | train | test_train_nan_loss_keeps_best_model |
 | .keras file with a Lambda layer or other code | test, eval | test_model_with_code_* |
 | config with unknown keys or wrong types | train | test_train_bad_config_* |
@@ -667,6 +667,31 @@ def test_preprocess_killed_then_rerun(tmp_path, monkeypatch, capsys):
     assert result.code == 0 and "wrote" in result.out, result.err
     manifest = preprocess_cli.load_manifest(out)
     assert sorted(manifest["id"]) == [f"img{i}" for i in range(5)]
+    for row in manifest.itertuples():  # every file complete and decodable
+        assert read_image(row.image).shape == (SIZE, SIZE, 3)
+        assert read_mask(row.vessels).shape == read_mask(row.fov).shape == (SIZE, SIZE)
+    assert not part_files(out)
+
+
+def test_preprocess_sigkilled_then_rerun(tmp_path):
+    """The real thing: a preprocess subprocess SIGKILLed after its 3rd sample (at an exact
+    point, via VESSELSEG_KILL_AFTER_SAMPLES, with its worker threads mid-write), then re-run."""
+    import subprocess
+    import sys
+
+    source = make_source(tmp_path / "source", [f"img{i}" for i in range(8)])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "vesselseg.preprocess", "--dataset", "folder", "--source",
+               str(source), "--out", str(out), "--size", str(SIZE)]
+    env = {**os.environ, "VESSELSEG_KILL_AFTER_SAMPLES": "3"}
+    killed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL
+    assert not (out / preprocess_cli.MANIFEST).exists()
+    env.pop("VESSELSEG_KILL_AFTER_SAMPLES")
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0 and "wrote" in rerun.stdout, rerun.stderr[-2000:]
+    manifest = preprocess_cli.load_manifest(out)
+    assert sorted(manifest["id"]) == [f"img{i}" for i in range(8)]
     for row in manifest.itertuples():  # every file complete and decodable
         assert read_image(row.image).shape == (SIZE, SIZE, 3)
         assert read_mask(row.vessels).shape == read_mask(row.fov).shape == (SIZE, SIZE)

@@ -15,6 +15,18 @@ def describe_os_error(exc: OSError) -> str:
     return f"{' -> '.join(names)}: {reason}" if names else reason
 
 
+def simulate_crash(variable: str, done: int) -> None:
+    """Crash tests: SIGKILL this process when the environment variable `variable` equals `done`
+    (the count of finished units of work). Lets tests kill a command at an exact point, with no
+    timing involved; unset, it does nothing."""
+    import os
+    import signal
+
+    wanted = os.environ.get(variable)
+    if wanted and int(wanted) == done:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
             argv: Sequence[str] | None = None) -> int:
     """Parse argv, run `main`, and turn VesselsegError and OSError (unwritable output, full

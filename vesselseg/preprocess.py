@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .cli import describe_os_error, run_cli
+from .cli import describe_os_error, run_cli, simulate_crash
 from .config import ENHANCEMENTS, PreprocessConfig, from_dict
 from .datasets import Sample, read_dataset, reader_names
 from .errors import DatasetError, ImageReadError, VesselsegError
@@ -217,6 +217,7 @@ def preprocess_dataset(dataset: str, source: str | Path | None, out: str | Path,
                                    disable=not progress):
             try:
                 rows.extend(future.result())
+                simulate_crash("VESSELSEG_KILL_AFTER_SAMPLES", len(rows))
             except VesselsegError as exc:
                 failed.append((str(sample.image), str(exc)))
             except OSError as exc:  # reading is ImageReadError: this is an output (disk full...)

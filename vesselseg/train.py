@@ -13,14 +13,13 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .cli import run_cli
+from .cli import run_cli, simulate_crash
 from .config import PRECISIONS, TrainConfig, from_dict, load_config, save_config, to_dict
 from .errors import ConfigError, VesselsegError
 from .io import write_text_atomic
@@ -118,11 +117,10 @@ def build_callbacks(config: TrainConfig, run: Path, best_so_far: float | None, s
     # training seconds so far, kept per epoch so that a resumed run continues the clock
     callbacks.append(keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: _write_status(run, elapsed=time.monotonic() - start)))
-    kill_after = os.environ.get("VESSELSEG_KILL_AFTER_EPOCH")
-    if kill_after:  # crash simulation for the resume tests: SIGKILL ourselves after an epoch
+    if os.environ.get("VESSELSEG_KILL_AFTER_EPOCH"):  # crash tests: SIGKILL after an epoch
         callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: os.kill(os.getpid(), signal.SIGKILL)
-            if epoch + 1 == int(kill_after) else None))
+            on_epoch_end=lambda epoch, logs: simulate_crash("VESSELSEG_KILL_AFTER_EPOCH",
+                                                            epoch + 1)))
     return callbacks
 
 
