@@ -119,3 +119,13 @@ def test_help():
     assert result.returncode == 0
     for flag in ("--run", "--out", "--tta", "--threshold", "--json"):
         assert flag in result.stdout
+
+
+def test_without_run_the_shipped_model_is_used(photos, tmp_path, capsys):
+    from vesselseg.inference import PRETRAINED_DIR
+
+    out = tmp_path / "out"
+    assert main([str(photos / "retina.jpg"), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == str(PRETRAINED_DIR)
+    assert 0.02 < summary["results"][0]["vessel_density"] < 0.3  # a plausible vessel share

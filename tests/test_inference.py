@@ -114,3 +114,37 @@ def test_lambda_layer_is_refused_by_safe_mode(tmp_path):
     keras.Model(inputs, outputs).save(path)
     with pytest.raises(ModelLoadError, match="safe mode"):
         load_keras_model(path)
+
+
+# -- the model shipped inside the package ------------------------------------------------------
+def test_shipped_model_is_small_safe_and_complete():
+    import json
+
+    from vesselseg.inference import PRETRAINED_DIR
+
+    model_file = PRETRAINED_DIR / "best.keras"
+    assert model_file.stat().st_size <= 10 * 1024 * 1024
+    load_keras_model(model_file)  # safe mode
+    threshold = json.loads((PRETRAINED_DIR / "threshold.json").read_text())
+    assert 0.05 < threshold["threshold"] < 0.95
+    assert (PRETRAINED_DIR / "MODEL_CARD.md").exists()
+    segmenter = Segmenter.pretrained()
+    assert segmenter.threshold == pytest.approx(threshold["threshold"])
+
+
+def test_shipped_model_segments_real_drive_test_images(drive_dir):
+    """Two DRIVE test images (never seen in training), native resolution, official FOV: the
+    shipped model must be far better than chance and near its published figure."""
+    from vesselseg.evaluation import PooledEvaluator
+    from vesselseg.io import read_image, read_mask
+
+    segmenter = Segmenter.pretrained()
+    evaluator = PooledEvaluator(threshold=segmenter.threshold)
+    for number in ("01", "02"):
+        image = read_image(drive_dir / "test" / "images" / f"{number}_test.tif")
+        truth = read_mask(drive_dir / "test" / "1st_manual" / f"{number}_manual1.gif")
+        fov = read_mask(drive_dir / "test" / "mask" / f"{number}_test_mask.gif")
+        prediction = segmenter.predict(image, fov)
+        evaluator.add(number, prediction.probability, truth, fov)
+    pooled = evaluator.pooled()
+    assert pooled["f1"] > 0.78 and pooled["auc_roc"] > 0.97, pooled

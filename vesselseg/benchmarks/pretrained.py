@@ -89,6 +89,8 @@ def markdown_table(results: dict) -> str:
 def ship(run: str | Path, target: str | Path) -> Path:
     """Copy a finished run's model files into the package's pretrained folder (atomically per
     file, through a temporary folder, so a failed copy leaves the old model whole)."""
+    from ..inference import load_keras_model
+
     run, target = Path(run), Path(target)
     missing = [name for name in SHIPPED_FILES if not (run / name).exists()]
     if missing:
@@ -97,7 +99,10 @@ def ship(run: str | Path, target: str | Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for name in SHIPPED_FILES:
-        shutil.copy2(run / name, staging / name)
+        if name == "best.keras":  # the weights only: the checkpoint's optimizer state is dead
+            load_keras_model(run / name).save(staging / name)  # weight (2/3 of the file)
+        else:
+            shutil.copy2(run / name, staging / name)
     if (target / "MODEL_CARD.md").exists():
         shutil.copy2(target / "MODEL_CARD.md", staging / "MODEL_CARD.md")
     if target.exists():
