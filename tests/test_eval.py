@@ -129,3 +129,18 @@ def test_without_run_the_shipped_model_is_used(photos, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == str(PRETRAINED_DIR)
     assert 0.02 < summary["results"][0]["vessel_density"] < 0.3  # a plausible vessel share
+
+
+def test_working_size_runs_tiled_and_is_checked(tiny_run, photos, tmp_path, capsys):
+    from vesselseg.config import TrainConfig, load_config
+
+    size = load_config(TrainConfig, tiny_run / "config.json").preprocess.size
+    out = tmp_path / "out"
+    photo = str(photos / "retina.jpg")
+    assert main([photo, "--run", str(tiny_run), "--out", str(out),
+                 "--working-size", str(2 * size)]) == 0
+    assert read_image(out / "retina_mask.png").shape[:2] == (300, 300)
+    assert main([photo, "--run", str(tiny_run), "--out", str(tmp_path / "small"),
+                 "--working-size", str(size // 2)]) == 1
+    assert "working_size" in capsys.readouterr().err
+    assert not (tmp_path / "small").exists()

@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the Keras model (default) or its ONNX / TFLite export "
                              "(RUN/export/, made on first use; ONNX needs pip install "
                              "\"vesselseg[export]\")")
+    parser.add_argument("--working-size", type=int,
+                        help="run the model on an NxN version of the FOV crop, in overlapping "
+                             "windows of the training size (e.g. 1024 for large photos; default: "
+                             "the training size, one window)")
     parser.add_argument("--threshold", type=float,
                         help="decision threshold (default: the model's validation-chosen one)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
@@ -148,6 +152,8 @@ def _main(args: argparse.Namespace) -> int:
     kwargs = {"tta": args.tta, "backend": args.backend}
     if args.threshold is not None:
         kwargs["threshold"] = args.threshold
+    if args.working_size is not None:
+        kwargs["working_size"] = args.working_size
     segmenter = Segmenter.from_run(args.run, **kwargs) if args.run else \
         Segmenter.pretrained(**kwargs)
     out_existed = bool(args.out) and Path(args.out).exists()

@@ -120,6 +120,9 @@ class Segmenter:
         self.threshold = float(threshold)
         self.tta = tta
         self.working_size = working_size or preprocess.size
+        if self.working_size < preprocess.size:
+            raise ConfigError(f"working_size: {self.working_size} is smaller than the model's "
+                              f"input size {preprocess.size}")
         self.tile_overlap = tile_overlap
         self.batch_size = batch_size
         self.source = source
