@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .cli import describe_os_error, run_cli
 from .errors import DatasetError, VesselsegError
-from .inference import BACKENDS, Prediction, Segmenter
+from .inference import Prediction, Segmenter, add_inference_arguments, segmenter_from_args
 from .io import is_image_file, read_image, write_png, write_text_atomic
 from .outputs import new_folder, write_probability
 from .plots import overlay
@@ -131,17 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="output folder (default: a new folder in artifacts/eval/; "
                                       "an earlier result there is never replaced without "
                                       "--overwrite)")
-    parser.add_argument("--tta", action="store_true", help="average flipped predictions")
-    parser.add_argument("--backend", choices=BACKENDS, default="keras",
-                        help="run the Keras model (default) or its ONNX / TFLite export "
-                             "(RUN/export/, made on first use; ONNX needs pip install "
-                             "\"vesselseg[export]\")")
-    parser.add_argument("--working-size", type=int,
-                        help="run the model on an NxN version of the FOV crop, in overlapping "
-                             "windows of the training size (e.g. 1024 for large photos; default: "
-                             "the training size, one window)")
-    parser.add_argument("--threshold", type=float,
-                        help="decision threshold (default: the model's validation-chosen one)")
+    add_inference_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser
@@ -149,13 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(args: argparse.Namespace) -> int:
     images = collect_images(args.inputs)
-    kwargs = {"tta": args.tta, "backend": args.backend}
-    if args.threshold is not None:
-        kwargs["threshold"] = args.threshold
-    if args.working_size is not None:
-        kwargs["working_size"] = args.working_size
-    segmenter = Segmenter.from_run(args.run, **kwargs) if args.run else \
-        Segmenter.pretrained(**kwargs)
+    segmenter = segmenter_from_args(args)
     out_existed = bool(args.out) and Path(args.out).exists()
     out = Path(args.out) if args.out else new_folder("artifacts/eval", "eval")
     summary = out / "summary.json"

@@ -288,6 +288,31 @@ def _blend_weight(tile: int, overlap: int) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
+def add_inference_arguments(parser) -> None:
+    """The options of every command that runs a model (`test`, `eval`)."""
+    parser.add_argument("--tta", action="store_true", help="average flipped predictions")
+    parser.add_argument("--backend", choices=BACKENDS, default="keras",
+                        help="run the Keras model (default) or its ONNX / TFLite export "
+                             "(RUN/export/, made on first use; ONNX needs pip install "
+                             "\"vesselseg[export]\")")
+    parser.add_argument("--working-size", type=int,
+                        help="run the model on an NxN version of the FOV crop, in overlapping "
+                             "windows of the training size (e.g. 1024 for large photos; default: "
+                             "the training size, one window)")
+    parser.add_argument("--threshold", type=float,
+                        help="decision threshold (default: the model's validation-chosen one)")
+
+
+def segmenter_from_args(args) -> Segmenter:
+    """The Segmenter of `--run` (default: the shipped model) with the options above."""
+    kwargs = {"tta": args.tta, "backend": args.backend}
+    if args.threshold is not None:
+        kwargs["threshold"] = args.threshold
+    if args.working_size is not None:
+        kwargs["working_size"] = args.working_size
+    return Segmenter.from_run(args.run, **kwargs) if args.run else Segmenter.pretrained(**kwargs)
+
+
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ConfigError(f"backend: unknown {backend!r}; valid backends: {', '.join(BACKENDS)}")

@@ -25,7 +25,7 @@ from .datasets import read_dataset, reader_names
 from .errors import DatasetError, VesselsegError
 from .evaluation import METRIC_NAMES, PooledEvaluator, summary_rows
 from .fov import estimate_fov
-from .inference import BACKENDS, PRETRAINED_DIR, Segmenter
+from .inference import PRETRAINED_DIR, Segmenter, add_inference_arguments, segmenter_from_args
 from .io import read_image, read_mask, write_png, write_text_atomic
 from .outputs import new_folder, write_probability
 from .plots import comparison_panel, roc_pr_curves
@@ -177,17 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--dataset", choices=reader_names(), help="raw dataset reader")
     parser.add_argument("--source", help="raw dataset folder (with --dataset)")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
-    parser.add_argument("--tta", action="store_true", help="average flipped predictions")
-    parser.add_argument("--backend", choices=BACKENDS, default="keras",
-                        help="run the Keras model (default) or its ONNX / TFLite export "
-                             "(RUN/export/, made on first use; ONNX needs pip install "
-                             "\"vesselseg[export]\")")
-    parser.add_argument("--working-size", type=int,
-                        help="run the model on an NxN version of the FOV crop, in overlapping "
-                             "windows of the training size (e.g. 1024 for large photos; default: "
-                             "the training size, one window)")
-    parser.add_argument("--threshold", type=float,
-                        help="decision threshold (default: the run's validation-chosen one)")
+    add_inference_arguments(parser)
     parser.add_argument("--out", help="output folder (default: a new folder in RUN/tests/)")
     parser.add_argument("--no-images", action="store_true",
                         help="skip per-image PNGs and panels (metrics only)")
@@ -201,13 +191,7 @@ def _main(args: argparse.Namespace) -> int:
     else:
         items = items_from_dataset(args.dataset, args.source, args.split)
         data_label = f"{args.dataset}:{args.source}"
-    kwargs = {"tta": args.tta, "backend": args.backend}
-    if args.threshold is not None:
-        kwargs["threshold"] = args.threshold
-    if args.working_size is not None:
-        kwargs["working_size"] = args.working_size
-    segmenter = Segmenter.from_run(args.run, **kwargs) if args.run else \
-        Segmenter.pretrained(**kwargs)
+    segmenter = segmenter_from_args(args)
     created = True
     if args.out:
         out = Path(args.out)
