@@ -114,6 +114,7 @@ class Segmenter:
                  batch_size: int = 4, source: str = "", runner: Runner | None = None,
                  backend: str = "keras"):
         self.model = model  # None when an exported model runs (backend onnx or tflite)
+        self._compiled = None
         self.runner: Runner = runner if runner is not None else self._keras_run
         self.backend = backend
         self.preprocess = preprocess
@@ -192,7 +193,13 @@ class Segmenter:
         return self.runner(batch)
 
     def _keras_run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.model(batch, training=False)
+        if self._compiled is None:  # a traced graph, not eager op-by-op calls
+            import tensorflow as tf
+
+            model = self.model
+            self._compiled = tf.function(lambda x: model(x, training=False),
+                                         reduce_retracing=True)
+        out = self._compiled(np.ascontiguousarray(batch, dtype=np.float32))
         return np.asarray(out, dtype=np.float32)[..., 0]
 
     def _predict_tiled(self, image: np.ndarray) -> np.ndarray:
