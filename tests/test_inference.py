@@ -148,3 +148,22 @@ def test_shipped_model_segments_real_drive_test_images(drive_dir):
         evaluator.add(number, prediction.probability, truth, fov)
     pooled = evaluator.pooled()
     assert pooled["f1"] > 0.78 and pooled["auc_roc"] > 0.97, pooled
+
+
+def test_bfloat16_inference_stays_close_to_float32(tiny_run):
+    fundus = generate_fundus(5, 128)
+    float32 = Segmenter.from_run(tiny_run, precision="float32").predict(fundus.image, fundus.fov)
+    bfloat16 = Segmenter.from_run(tiny_run, precision="bfloat16")
+    assert bfloat16.model.dtype_policy.name == "mixed_bfloat16"
+    fast = bfloat16.predict(fundus.image, fundus.fov)
+    assert fast.probability.dtype == np.float32
+    assert np.abs(fast.probability - float32.probability).max() < 0.05
+
+
+def test_bfloat16_needs_the_keras_backend_and_a_known_precision(tiny_run):
+    from vesselseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="keras backend only"):
+        Segmenter.from_run(tiny_run, backend="onnx", precision="bfloat16")
+    with pytest.raises(ConfigError, match="valid: float32, bfloat16"):
+        Segmenter.from_run(tiny_run, precision="float16")

@@ -68,25 +68,13 @@ def model_source(run: Path | None) -> Path:
 
 
 def build_model(source: Path, policy: str):
-    """The run's architecture built under `policy` (dtype policies are baked into a saved
-    model's config, so a loaded model would ignore the global policy) with its weights."""
-    import keras
-
+    """The run's model for a Keras dtype policy ("float32" or "mixed_bfloat16")."""
     from ..config import TrainConfig, load_config
-    from ..inference import MODEL_FILE, load_keras_model
-    from ..model import get_model
+    from ..inference import model_with_precision
 
     config = load_config(TrainConfig, source / "config.json")
-    trained = load_keras_model(source / MODEL_FILE)
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        model = get_model(config.architecture, base_filters=config.base_filters,
-                          depth=config.depth, batch_norm=config.batch_norm,
-                          dropout=config.dropout)
-        model.set_weights(trained.get_weights())
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    return model
+    return model_with_precision(source, config,
+                                "bfloat16" if policy == "mixed_bfloat16" else "float32")
 
 
 def runner_throughput(runner, size: int = 512, repeat: int = 5) -> dict[str, float]:
