@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -19,7 +20,6 @@ def simulate_crash(variable: str, done: int) -> None:
     """Crash tests: SIGKILL this process when the environment variable `variable` equals `done`
     (the count of finished units of work). Lets tests kill a command at an exact point, with no
     timing involved; unset, it does nothing."""
-    import os
     import signal
 
     wanted = os.environ.get(variable)
@@ -31,6 +31,9 @@ def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
             argv: Sequence[str] | None = None) -> int:
     """Parse argv, run `main`, and turn VesselsegError and OSError (unwritable output, full
     disk...) into `error: ...` with exit status 1, never a traceback."""
+    # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) is not for users; it must be
+    # set before TensorFlow is imported, which every command does lazily inside `main`.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parser.parse_args(argv)
     try:
         return main(args)
@@ -53,7 +56,6 @@ HELP_WIDTH = 100
 def help_text(module: str, width: int = HELP_WIDTH) -> str:
     """`python -m vesselseg.<module> --help` at a fixed width (independent of the terminal)."""
     import importlib
-    import os
 
     parser = importlib.import_module(f"vesselseg.{module}").build_parser()
     saved = os.environ.get("COLUMNS")

@@ -8,7 +8,6 @@ photo's native pixel grid.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -373,7 +372,3 @@ def read_threshold(run: str | Path) -> float:
 
 def load_photo(path: str | Path) -> tuple[np.ndarray, None]:
     return read_image(path), None
-
-
-def quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -127,9 +127,6 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..inference import quiet_tensorflow
-
-    quiet_tensorflow()
     return run_cli(_main, build_parser(), argv)
 
 

@@ -25,9 +25,6 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..inference import quiet_tensorflow
-
-    quiet_tensorflow()
     parser = argparse.ArgumentParser(prog="python -m vesselseg.benchmarks.pipeline",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
