@@ -106,12 +106,8 @@ def build_callbacks(config: TrainConfig, run: Path, best_so_far: float | None, s
             monitor="val_loss", factor=0.5, patience=config.plateau_patience,
             min_lr=config.min_learning_rate))
     else:
-        def cosine(epoch: int, _lr: float) -> float:
-            progress = min(1.0, epoch / max(1, config.epochs - 1))
-            return config.min_learning_rate + 0.5 * (config.learning_rate
-                                                     - config.min_learning_rate) * (
-                1 + math.cos(math.pi * progress))
-        callbacks.append(keras.callbacks.LearningRateScheduler(cosine))
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            lambda epoch, _lr: cosine_learning_rate(config, epoch, time.monotonic() - start)))
     if config.budget_minutes:
         callbacks.append(WallClockBudget(config.budget_minutes * 60.0, start))
     # training seconds so far, kept per epoch so that a resumed run continues the clock
@@ -122,6 +118,19 @@ def build_callbacks(config: TrainConfig, run: Path, best_so_far: float | None, s
             on_epoch_end=lambda epoch, logs: simulate_crash("VESSELSEG_KILL_AFTER_EPOCH",
                                                             epoch + 1)))
     return callbacks
+
+
+def cosine_learning_rate(config: TrainConfig, epoch: int, elapsed_seconds: float) -> float:
+    """Cosine decay from learning_rate to min_learning_rate. With a wall-clock budget the decay
+    follows the time spent, not the epoch count: a budgeted run stops long before `epochs`, and an
+    epoch-based decay would never reach its low-rate end."""
+    if config.budget_minutes:
+        progress = elapsed_seconds / (config.budget_minutes * 60.0)
+    else:
+        progress = epoch / max(1, config.epochs - 1)
+    progress = min(1.0, max(0.0, progress))
+    return config.min_learning_rate + 0.5 * (config.learning_rate - config.min_learning_rate) * (
+        1 + math.cos(math.pi * progress))
 
 
 def _wall_clock_budget_class():
@@ -166,7 +175,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     import keras
     import pandas as pd
 
-    from .devices import environment_facts, make_strategy, set_precision
+    from .devices import environment_facts, gpus, make_strategy, set_precision
     from .losses import make_loss
     from .metrics import training_metrics
     from .model import get_model
@@ -204,8 +213,10 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
                       json.dumps(environment_facts(policy, strategy), indent=2) + "\n")
     global_batch = config.batch_size
     train_data = make_dataset(train_rows, global_batch, training=True, seed=config.seed,
-                              augment_config=config.augment, cache=config.cache)
-    val_data = make_dataset(val_rows, global_batch, training=False, cache=config.cache)
+                              augment_config=config.augment, cache=config.cache,
+                              autotune=bool(gpus()))
+    val_data = make_dataset(val_rows, global_batch, training=False, cache=config.cache,
+                            autotune=bool(gpus()))
     with strategy.scope():
         model = get_model(config.architecture, base_filters=config.base_filters, depth=config.depth,
                           batch_norm=config.batch_norm, dropout=config.dropout)
