@@ -29,6 +29,16 @@ def test_training_stream_is_reproducible_for_a_seed(synthetic_preprocessed):
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
 
 
+def test_turning_autotune_off_keeps_the_stream(synthetic_preprocessed):
+    """The CPU setting changes only tf.data's threading, never what the model sees."""
+    rows = split_rows(load_manifest(synthetic_preprocessed), "train")
+    tuned, fixed = (make_dataset(rows, 2, True, seed=5, augment_config=AugmentConfig(),
+                                 autotune=autotune) for autotune in (True, False))
+    assert not fixed.options().autotune.enabled
+    assert all(np.array_equal(a[0].numpy(), b[0].numpy())
+               for a, b in zip(tuned.take(3), fixed.take(3)))
+
+
 def test_augmentation_moves_image_and_masks_together():
     # the image *is* the vessel mask: after any geometric change they must still coincide
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ from run_fixtures import tiny_config
 
 from vesselseg.config import TrainConfig, load_config
 from vesselseg.errors import ConfigError
-from vesselseg.train import TrainingDiverged, main, train
+from vesselseg.train import TrainingDiverged, cosine_learning_rate, main, train
 
 RUN_FILES = ("config.json", "best.keras", "history.csv", "learning_curves.png", "tensorboard",
              "threshold.json", "environment.json", "status.json")
@@ -103,3 +103,16 @@ def test_help_lists_the_common_settings():
     for flag in ("--data", "--config", "--epochs", "--batch-size", "--learning-rate",
                  "--base-filters", "--loss", "--seed", "--run-name"):
         assert flag in result.stdout
+
+
+def test_cosine_schedule_follows_the_wall_clock_budget():
+    """A budgeted run stops long before `epochs`: the decay must end when the budget does."""
+    config = TrainConfig(lr_schedule="cosine", learning_rate=1e-3, min_learning_rate=1e-5,
+                         epochs=300, budget_minutes=10)
+    assert cosine_learning_rate(config, 0, 0.0) == pytest.approx(1e-3)
+    assert cosine_learning_rate(config, 5, 300.0) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert cosine_learning_rate(config, 9, 600.0) == pytest.approx(1e-5)
+    assert cosine_learning_rate(config, 10, 900.0) == pytest.approx(1e-5)
+    by_epoch = TrainConfig(lr_schedule="cosine", learning_rate=1e-3, min_learning_rate=1e-5,
+                           epochs=11)
+    assert cosine_learning_rate(by_epoch, 5, 1e6) == pytest.approx((1e-3 + 1e-5) / 2)

@@ -295,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="U-Net width: filters of the first level (default 16)")
     parser.add_argument("--depth", type=int, help="U-Net levels (default 4)")
     parser.add_argument("--loss", help="dice (default), bce, focal, focal_dice, bce_dice")
+    parser.add_argument("--lr-schedule", choices=("plateau", "cosine"),
+                        help="plateau (default): halve the rate when validation stalls "
+                             "(ReduceLROnPlateau); cosine: decay to the minimum over the "
+                             "--budget-minutes if set, else over --epochs")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="auto (default): mixed_float16 on a GPU, float32 on a CPU")
     parser.add_argument("--steps-per-epoch", type=int,
