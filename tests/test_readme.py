@@ -73,7 +73,7 @@ def test_readme_commands_run_as_written(tiny_run, shared_datasets, tmp_path, mon
         assert code == 0, (command, capsys.readouterr().err[-2000:])
         ran.append(command[2])
     assert {"vesselseg.preprocess", "vesselseg.test", "vesselseg.eval"} <= set(ran)
-    assert (workspace / "data" / "drive" / "manifest.csv").exists()
+    assert (workspace / "data" / "drive_clahe" / "manifest.csv").exists()
     assert (workspace / "data" / "mine" / "manifest.csv").exists()
     assert (workspace / "artifacts" / "eval" / "mine" / "retina_overlay.png").exists()
     assert list((workspace / "artifacts" / "eval").glob("*_eval/retina_overlay.png"))

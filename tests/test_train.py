@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -9,6 +10,7 @@ from run_fixtures import tiny_config
 
 from vesselseg.config import TrainConfig, load_config
 from vesselseg.errors import ConfigError
+from vesselseg.preprocess import load_preprocess_config
 from vesselseg.train import TrainingDiverged, cosine_learning_rate, main, train
 
 RUN_FILES = ("config.json", "best.keras", "history.csv", "learning_curves.png", "tensorboard",
@@ -116,3 +118,16 @@ def test_cosine_schedule_follows_the_wall_clock_budget():
     by_epoch = TrainConfig(lr_schedule="cosine", learning_rate=1e-3, min_learning_rate=1e-5,
                            epochs=11)
     assert cosine_learning_rate(by_epoch, 5, 1e6) == pytest.approx((1e-3 + 1e-5) / 2)
+
+
+def test_a_recipe_asking_for_other_preprocessing_names_the_fix(synthetic_preprocessed, tmp_path):
+    """The DRIVE recipe asks for green-channel CLAHE: data made without it is an error, not a
+    silent fallback to whatever the folder holds."""
+    used = load_preprocess_config(synthetic_preprocessed)
+    config = tiny_config(synthetic_preprocessed, tmp_path / "runs",
+                         preprocess=replace(used, enhancement="green_clahe"))
+    with pytest.raises(ConfigError, match=r"enhancement 'green_clahe'.*--enhancement green_clahe"):
+        train(config, progress=False)
+    assert not (tmp_path / "runs").exists()  # checked before any run folder is made
+    assert train(tiny_config(synthetic_preprocessed, tmp_path / "runs", epochs=1,
+                             preprocess=used), progress=False).exists()

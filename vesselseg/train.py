@@ -20,7 +20,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .cli import run_cli, simulate_crash
-from .config import PRECISIONS, TrainConfig, from_dict, load_config, save_config, to_dict
+from .config import (
+    PRECISIONS,
+    PreprocessConfig,
+    TrainConfig,
+    from_dict,
+    load_config,
+    save_config,
+    to_dict,
+)
 from .errors import ConfigError, VesselsegError
 from .io import write_text_atomic
 
@@ -170,6 +178,20 @@ def _best_validation_dice(run: Path) -> float | None:
     return float(history["val_dice"].max()) if "val_dice" in history and len(history) else None
 
 
+def check_preprocessing(asked: PreprocessConfig, used: PreprocessConfig, folder: str) -> None:
+    """A config that asks for particular preprocessing (a recipe's "preprocess" section) must
+    match how the data was made; the defaults mean "whatever the data used"."""
+    if asked == PreprocessConfig() or asked == used:
+        return
+    differences = [f"{key} {value!r} (the data has {getattr(used, key)!r})"
+                   for key, value in asdict(asked).items() if getattr(used, key) != value]
+    flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in asdict(asked).items()
+                     if getattr(used, key) != value and key in ("size", "enhancement"))
+    raise ConfigError(f"preprocess: the config asks for {', '.join(differences)}, but {folder} "
+                      f"was preprocessed otherwise; run vesselseg.preprocess again"
+                      f"{' with ' + flags if flags else ' with matching settings'}")
+
+
 def train(config: TrainConfig, devices: list[str] | None = None, progress: bool = True) -> Path:
     """Train according to `config`; returns the run folder. The library function behind the CLI."""
     import keras
@@ -188,6 +210,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     if any(s != settings[0] for s in settings[1:]):
         raise ConfigError(f"data: the folders {folders} were preprocessed with different settings; "
                           f"preprocess them alike (same --size, --enhancement, cropping)")
+    check_preprocessing(config.preprocess, settings[0], folders[0])
     config = replace(config, preprocess=settings[0])
     manifest = pd.concat([load_manifest(folder) for folder in folders], ignore_index=True)
     train_rows, val_rows = split_rows(manifest, "train"), split_rows(manifest, "val")
