@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from vesselseg.benchmarks.accuracy import RECIPES
 from vesselseg.config import (
     AugmentConfig,
     PreprocessConfig,
@@ -124,3 +125,10 @@ def test_load_config_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(TrainConfig, tmp_path / "typo.json")
     assert "typo.json" in str(info.value) and "augment.flips" in str(info.value)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.rglob("*.json")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_loads(recipe):
+    """The recipes behind README's rows stay valid configs as TrainConfig evolves."""
+    config = load_config(TrainConfig, recipe)
+    assert config.budget_minutes > 0 and config.loss
