@@ -11,7 +11,13 @@ from run_fixtures import tiny_config
 from vesselseg.config import TrainConfig, load_config
 from vesselseg.errors import ConfigError
 from vesselseg.preprocess import load_preprocess_config
-from vesselseg.train import TrainingDiverged, cosine_learning_rate, main, train
+from vesselseg.train import (
+    TrainingDiverged,
+    build_callbacks,
+    cosine_learning_rate,
+    main,
+    train,
+)
 
 RUN_FILES = ("config.json", "best.keras", "history.csv", "learning_curves.png", "tensorboard",
              "threshold.json", "environment.json", "status.json")
@@ -131,3 +137,18 @@ def test_a_recipe_asking_for_other_preprocessing_names_the_fix(synthetic_preproc
     assert not (tmp_path / "runs").exists()  # checked before any run folder is made
     assert train(tiny_config(synthetic_preprocessed, tmp_path / "runs", epochs=1,
                              preprocess=used), progress=False).exists()
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_decides_which_epoch_becomes_the_runs_model(keep, tmp_path):
+    import keras
+
+    config = TrainConfig(keep=keep)
+    callbacks = build_callbacks(config, tmp_path, None, 0.0)
+    checkpoint = next(c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint))
+    stopping = next(c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping))
+    assert checkpoint.filepath.endswith("best.keras")
+    assert checkpoint.save_best_only == (keep == "best")
+    assert stopping.restore_best_weights == (keep == "best")
+    with pytest.raises(ConfigError, match="keep"):
+        TrainConfig(keep="median")

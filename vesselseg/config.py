@@ -88,6 +88,7 @@ class TrainConfig:
     min_learning_rate: float = 1e-5
     plateau_patience: int = 8
     early_stopping_patience: int = 25
+    keep: str = "best"  # best: highest validation Dice | last: the final epoch (see README)
     budget_minutes: float = 0.0  # stop after this much wall-clock (0: no limit)
     precision: str = "auto"
     seed: int = 0
@@ -99,6 +100,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision: {self.precision!r} is not one of {PRECISIONS}")
+        if self.keep not in ("best", "last"):
+            raise ConfigError(f"keep: {self.keep!r} is not one of best, last")
         if self.lr_schedule not in ("plateau", "cosine"):
             raise ConfigError(f"lr_schedule: {self.lr_schedule!r} is not one of plateau, cosine")
         for name in ("epochs", "batch_size", "base_filters", "depth"):

@@ -100,12 +100,14 @@ def build_callbacks(config: TrainConfig, run: Path, best_so_far: float | None, s
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run / "backup")),
         keras.callbacks.TerminateOnNaN(),
+        # keep="last" saves every epoch: with a schedule that anneals to its end, the final
+        # model is the one to keep, and a few validation images choose an epoch by noise
         keras.callbacks.ModelCheckpoint(str(run / "best.keras"), monitor=monitor, mode="max",
-                                        save_best_only=True,
+                                        save_best_only=config.keep == "best",
                                         initial_value_threshold=best_so_far),
         keras.callbacks.EarlyStopping(monitor=monitor, mode="max",
                                       patience=config.early_stopping_patience,
-                                      restore_best_weights=True),
+                                      restore_best_weights=config.keep == "best"),
         keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False),
     ]
@@ -322,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="plateau (default): halve the rate when validation stalls "
                              "(ReduceLROnPlateau); cosine: decay to the minimum over the "
                              "--budget-minutes if set, else over --epochs")
+    parser.add_argument("--keep", choices=("best", "last"),
+                        help="which epoch's model the run keeps as best.keras: best (default: "
+                             "highest validation Dice) or last (for --lr-schedule cosine)")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="auto (default): mixed_float16 on a GPU, float32 on a CPU")
     parser.add_argument("--steps-per-epoch", type=int,
