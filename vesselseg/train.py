@@ -237,11 +237,12 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     write_text_atomic(run / "environment.json",
                       json.dumps(environment_facts(policy, strategy), indent=2) + "\n")
     global_batch = config.batch_size
+    autotune = bool(gpus())  # on a CPU-only machine the autotuner's threads slow the model
     train_data = make_dataset(train_rows, global_batch, training=True, seed=config.seed,
                               augment_config=config.augment, cache=config.cache,
-                              autotune=bool(gpus()))
+                              autotune=autotune)
     val_data = make_dataset(val_rows, global_batch, training=False, cache=config.cache,
-                            autotune=bool(gpus()))
+                            autotune=autotune)
     with strategy.scope():
         model = get_model(config.architecture, base_filters=config.base_filters, depth=config.depth,
                           batch_norm=config.batch_norm, dropout=config.dropout)

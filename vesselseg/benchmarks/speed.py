@@ -333,7 +333,7 @@ def measure(source: Path, drive: Path, hrf: Path, say=print) -> dict:
             f"({training['bfloat16_pipeline'] / training['pipeline']:.2f}x float32)")
         code = ("import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='2'\n"
                 "from vesselseg.benchmarks.speed import training_throughput\n"
-                f"training_throughput({str(data)!r}, {config.base_filters}, steps=4, "
+                f"training_throughput({str(data)!r}, {config.base_filters}, steps=4, rounds=1, "
                 f"depth={config.depth}, sources=('pipeline',))")
         figures["training_peak_rss_mb"] = peak_rss_mb(code)
         say(f"  peak RSS of training at batch 4: {figures['training_peak_rss_mb']:.0f} MB")
