@@ -18,6 +18,8 @@ from .io import write_text_atomic
 
 ENHANCEMENTS = ("none", "clahe", "green_clahe")
 PRECISIONS = ("auto", "float32", "bfloat16", "mixed_float16")
+LR_SCHEDULES = ("plateau", "cosine")
+KEEP_CHOICES = ("best", "last")  # which epoch's model a run keeps
 
 
 @dataclass
@@ -100,10 +102,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision: {self.precision!r} is not one of {PRECISIONS}")
-        if self.keep not in ("best", "last"):
-            raise ConfigError(f"keep: {self.keep!r} is not one of best, last")
-        if self.lr_schedule not in ("plateau", "cosine"):
-            raise ConfigError(f"lr_schedule: {self.lr_schedule!r} is not one of plateau, cosine")
+        if self.keep not in KEEP_CHOICES:
+            raise ConfigError(f"keep: {self.keep!r} is not one of {', '.join(KEEP_CHOICES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule: {self.lr_schedule!r} is not one of "
+                              f"{', '.join(LR_SCHEDULES)}")
         for name in ("epochs", "batch_size", "base_filters", "depth"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from .cli import run_cli, simulate_crash
 from .config import (
+    KEEP_CHOICES,
+    LR_SCHEDULES,
     PRECISIONS,
     PreprocessConfig,
     TrainConfig,
@@ -321,11 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="U-Net width: filters of the first level (default 16)")
     parser.add_argument("--depth", type=int, help="U-Net levels (default 4)")
     parser.add_argument("--loss", help="dice (default), bce, focal, focal_dice, bce_dice")
-    parser.add_argument("--lr-schedule", choices=("plateau", "cosine"),
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                         help="plateau (default): halve the rate when validation stalls "
                              "(ReduceLROnPlateau); cosine: decay to the minimum over the "
                              "--budget-minutes if set, else over --epochs")
-    parser.add_argument("--keep", choices=("best", "last"),
+    parser.add_argument("--keep", choices=KEEP_CHOICES,
                         help="which epoch's model the run keeps as best.keras: best (default: "
                              "highest validation Dice) or last (for --lr-schedule cosine)")
     parser.add_argument("--precision", choices=PRECISIONS,

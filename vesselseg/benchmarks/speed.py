@@ -293,9 +293,9 @@ def measure(source: Path, drive: Path, hrf: Path, say=print) -> dict:
             f"{', aim met' if seconds <= TARGETS['aim_seconds_per_image'] else ''}]")
         # the target compares backends on the same float32 model (bfloat16 is a precision
         # choice, reported above); _backend_ok judges the same set
-        fastest = max((k for k in model_only if "float32" in k),
-                      key=lambda k: model_only[k][f"batch{EVAL_BATCH}"])
-        ratio = model_only[fastest][f"batch{EVAL_BATCH}"] / default_rate
+        float32 = _float32_rates(model_only)
+        fastest = max(float32, key=float32.get)
+        ratio = float32[fastest] / default_rate
         figures["fastest_model_only"] = {"name": fastest, "ratio_to_keras_float32": ratio}
         say(f"  fastest float32 backend at batch {EVAL_BATCH}: {fastest}, {ratio:.2f}x Keras "
             f"float32 (target: "
@@ -380,8 +380,13 @@ def measure(source: Path, drive: Path, hrf: Path, say=print) -> dict:
     return figures
 
 
+def _float32_rates(model_only: dict) -> dict[str, float]:
+    """Images/s at the eval batch of each float32 backend: the set the backend target compares."""
+    return {k: v[f"batch{EVAL_BATCH}"] for k, v in model_only.items() if "float32" in k}
+
+
 def _backend_ok(model_only: dict) -> bool:
-    float32 = {k: v[f"batch{EVAL_BATCH}"] for k, v in model_only.items() if "float32" in k}
+    float32 = _float32_rates(model_only)
     return max(float32.values()) <= TARGETS["backend_ratio"] * float32["keras_float32"]
 
 
