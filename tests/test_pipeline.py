@@ -56,6 +56,28 @@ def test_augmentation_moves_image_and_masks_together():
         assert agreement > 0.97
 
 
+def test_gray_path_gives_the_same_batches(tmp_path):
+    """Green-CLAHE images are one channel repeated: augmenting one channel and repeating it
+    after must feed the model exactly what the three-channel path feeds it."""
+    from vesselseg.config import PreprocessConfig
+    from vesselseg.datasets import write_synthetic_dataset
+    from vesselseg.preprocess import load_preprocess_config, preprocess_dataset
+
+    raw = write_synthetic_dataset(tmp_path / "raw", count=4, size=64, seed=1)
+    out = tmp_path / "gray"
+    preprocess_dataset("folder", raw, out, PreprocessConfig(size=64, enhancement="green_clahe",
+                                                            val_fraction=0.25), progress=False)
+    assert load_preprocess_config(out).gray
+    rows = split_rows(load_manifest(out), "train")
+    config = AugmentConfig(hue=0.05, saturation=0.2, blur_probability=0.5)
+    streams = [make_dataset(rows, 2, True, seed=2, augment_config=config, gray=gray).take(4)
+               for gray in (False, True)]
+    for (image3, target3), (image1, target1) in zip(*streams):
+        assert image1.shape == image3.shape
+        np.testing.assert_allclose(image1.numpy(), image3.numpy(), atol=1e-6)
+        np.testing.assert_array_equal(target1.numpy(), target3.numpy())
+
+
 def test_photometric_augmentation_keeps_outside_fov_black():
     image = tf.fill((32, 32, 3), 0.5)
     fov = np.zeros((32, 32, 1), np.float32)

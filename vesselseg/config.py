@@ -35,6 +35,11 @@ class PreprocessConfig:
     augment: int = 0  # offline augmented copies per training image
     seed: int = 0
 
+    @property
+    def gray(self) -> bool:
+        """True when the model images' three channels are one gray channel repeated."""
+        return self.enhancement == "green_clahe"
+
     def __post_init__(self) -> None:
         if self.enhancement not in ENHANCEMENTS:
             raise ConfigError(f"enhancement: {self.enhancement!r} is not one of {ENHANCEMENTS}")

@@ -25,8 +25,10 @@ def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows
 
 
-def _decode(image_path, vessels_path, fov_path):
+def _decode(image_path, vessels_path, fov_path, gray=False):
     image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
+    if gray:
+        image = image[..., :1]
     vessels = tf.io.decode_png(tf.io.read_file(vessels_path), channels=1)
     fov = tf.io.decode_png(tf.io.read_file(fov_path), channels=1)
     image = tf.cast(image, tf.float32) / 255.0
@@ -62,7 +64,7 @@ def augment(image, target, seed, config: AugmentConfig):
         angle = uniform(3, -config.rotation_degrees, config.rotation_degrees) * math.pi / 180.0
         scale = uniform(4, 1.0 - config.scale_range, 1.0 + config.scale_range)
         stack = _affine(stack, angle, scale, tf.shape(stack)[0])
-    image, vessels, fov = stack[..., :3], stack[..., 3:4], stack[..., 4:5]
+    image, vessels, fov = stack[..., :-2], stack[..., -2:-1], stack[..., -1:]
     vessels = tf.cast(vessels >= 0.5, tf.float32)
     fov = tf.cast(fov >= 0.5, tf.float32)
     if config.brightness:
@@ -70,10 +72,11 @@ def augment(image, target, seed, config: AugmentConfig):
     if config.contrast:
         mean = tf.reduce_sum(image * fov, [0, 1]) / tf.maximum(tf.reduce_sum(fov), 1.0)
         image = (image - mean) * uniform(6, 1 - config.contrast, 1 + config.contrast) + mean
-    if config.saturation:
+    colour = image.shape[-1] == 3  # saturation and hue leave a gray image as it is
+    if config.saturation and colour:
         image = tf.image.adjust_saturation(tf.clip_by_value(image, 0, 1),
                                            uniform(7, 1 - config.saturation, 1 + config.saturation))
-    if config.hue:
+    if config.hue and colour:
         image = tf.image.adjust_hue(image, uniform(8, -config.hue, config.hue))
     if config.gamma:
         # x**g as exp(g log x): the same values, 4x cheaper than tf.pow on this CPU (1.4 vs
@@ -93,13 +96,15 @@ def _gaussian_blur(image, sigma):
     taps = tf.range(-3.0, 4.0)
     kernel = tf.exp(-(taps**2) / (2.0 * sigma**2))
     kernel = kernel / tf.reduce_sum(kernel)
-    kernel_2d = tf.tile((kernel[:, None] * kernel[None, :])[:, :, None, None], [1, 1, 3, 1])
+    kernel_2d = tf.tile((kernel[:, None] * kernel[None, :])[:, :, None, None],
+                        [1, 1, image.shape[-1], 1])
     return tf.nn.depthwise_conv2d(image[None], kernel_2d, [1, 1, 1, 1], "SAME")[0]
 
 
 def make_dataset(rows: pd.DataFrame, batch_size: int, training: bool, seed: int = 0,
                  augment_config: AugmentConfig | None = None,
-                 cache: bool = True, autotune: bool = True) -> tf.data.Dataset:
+                 cache: bool = True, autotune: bool = True,
+                 gray: bool = False) -> tf.data.Dataset:
     """Batched (image, target) pairs; training streams repeat forever, shuffled and augmented.
 
     `autotune=False` turns tf.data's autotuner off: on a CPU-only machine its threads compete with
@@ -108,7 +113,8 @@ def make_dataset(rows: pd.DataFrame, batch_size: int, training: bool, seed: int 
     """
     paths = (list(rows["image"]), list(rows["vessels"]), list(rows["fov"]))
     dataset = tf.data.Dataset.from_tensor_slices(paths)
-    dataset = dataset.map(_decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = dataset.map(lambda *paths: _decode(*paths, gray=gray),
+                          num_parallel_calls=AUTOTUNE, deterministic=True)
     if cache:
         dataset = dataset.cache()
     if training:
@@ -119,7 +125,11 @@ def make_dataset(rows: pd.DataFrame, batch_size: int, training: bool, seed: int 
                                             tf.stack([tf.cast(seed, tf.int64), index]),
                                             augment_config),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    if gray:
+        dataset = dataset.map(lambda image, target: (tf.repeat(image, 3, axis=-1), target),
+                              num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = dataset.prefetch(AUTOTUNE)
     if not autotune:
         options = tf.data.Options()
         options.autotune.enabled = False

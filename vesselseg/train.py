@@ -242,9 +242,9 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     autotune = bool(gpus())  # on a CPU-only machine the autotuner's threads slow the model
     train_data = make_dataset(train_rows, global_batch, training=True, seed=config.seed,
                               augment_config=config.augment, cache=config.cache,
-                              autotune=autotune)
+                              autotune=autotune, gray=config.preprocess.gray)
     val_data = make_dataset(val_rows, global_batch, training=False, cache=config.cache,
-                            autotune=autotune)
+                            autotune=autotune, gray=config.preprocess.gray)
     with strategy.scope():
         model = get_model(config.architecture, base_filters=config.base_filters, depth=config.depth,
                           batch_norm=config.batch_norm, dropout=config.dropout)

@@ -158,12 +158,12 @@ def training_throughput(data: str | Path, base_filters: int, steps: int = 40,
     from ..losses import make_loss
     from ..model import get_model
     from ..pipeline import make_dataset, split_rows
-    from ..preprocess import load_manifest
+    from ..preprocess import load_manifest, load_preprocess_config
 
     rows = split_rows(load_manifest(data), "train")
     # the pipeline exactly as train() builds it (autotune off on a CPU-only machine)
     real = make_dataset(rows, 4, training=True, augment_config=AugmentConfig(),
-                        autotune=bool(gpus()))
+                        autotune=bool(gpus()), gray=load_preprocess_config(data).gray)
     # the baseline gets the pipeline's tf.data options too: left at the defaults, its autotuner
     # threads competed with the model for the 2 cores and made the baseline the slower source
     in_memory = tf.data.Dataset.from_tensors(next(iter(real))).repeat().with_options(real.options())
