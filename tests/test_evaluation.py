@@ -492,3 +492,25 @@ def test_drive_second_observer_reference_row():
     table = summary_rows(evaluator.rows, pooled)
     assert len(table) == 23
     assert all(not math.isnan(table[-3 + k][name]) for k in range(3) for name in METRIC_NAMES)
+
+
+def test_per_image_threshold_lets_a_small_photo_count():
+    """A large photo wants a strict threshold, a small one a lenient one: pooled pixels let the
+    large photo decide alone; weighing each photo once finds the threshold that serves both."""
+    large_truth = np.zeros((100, 100), bool)
+    large_truth[:10] = True  # 1000 vessel pixels at 0.9
+    large = np.full((100, 100), 0.1, np.float32)
+    large[:10] = 0.9
+    large[10:15] = 0.7  # 500 background pixels a lenient threshold would take
+    small_truth = np.zeros((10, 10), bool)
+    small_truth[0] = True  # 10 vessel pixels the model is unsure of
+    small = np.full((10, 10), 0.1, np.float32)
+    small[0] = 0.6
+    evaluator = PooledEvaluator()
+    evaluator.add("large", large, large_truth, None)
+    evaluator.add("small", small, small_truth, None)
+    pooled, _ = best_f1_threshold(evaluator.positive_hist, evaluator.negative_hist)
+    per_image, weighted_f1 = evaluator.per_image_threshold()
+    assert 0.7 < pooled <= 0.9
+    assert 0.1 < per_image <= 0.6
+    assert weighted_f1 == pytest.approx(2 * 0.2 / (2 * 0.2 + 0.05))

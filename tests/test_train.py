@@ -152,3 +152,28 @@ def test_keep_decides_which_epoch_becomes_the_runs_model(keep, tmp_path):
     assert stopping.restore_best_weights == (keep == "best")
     with pytest.raises(ConfigError, match="keep"):
         TrainConfig(keep="median")
+
+
+def test_rethreshold_keeps_the_threshold_it_replaces(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = json.loads((run / "threshold.json").read_text())
+    assert main(["--rethreshold", str(run)]) == 0
+    after = json.loads((run / "threshold.json").read_text())
+    assert after["replaced"] == before
+    assert "each image weighing the same" in after["how"]
+    assert json.loads((run / "status.json").read_text())["threshold"] == after["threshold"]
+    assert f"threshold {after['threshold']:.3f}" in capsys.readouterr().out
+
+
+def test_rethreshold_refuses_an_unfinished_run(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "state": "running"}))
+    assert main(["--rethreshold", str(run)]) != 0
+    assert "not a finished run" in capsys.readouterr().err

@@ -46,6 +46,15 @@ def data_folders(config: TrainConfig) -> list[str]:
     return [part.strip() for part in config.data.split(",") if part.strip()]
 
 
+def merged_manifest(folders: list[str]):
+    """One manifest of the run's preprocessed folders (their splits merged)."""
+    import pandas as pd
+
+    from .preprocess import load_manifest
+
+    return pd.concat([load_manifest(folder) for folder in folders], ignore_index=True)
+
+
 def config_fingerprint(config: TrainConfig) -> str:
     data = to_dict(config)
     data.pop("runs_dir", None)
@@ -207,7 +216,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     from .model import get_model
     from .pipeline import make_dataset, split_rows, steps_per_epoch
     from .plots import learning_curves
-    from .preprocess import load_manifest, load_preprocess_config
+    from .preprocess import load_preprocess_config
 
     folders = data_folders(config)
     settings = [load_preprocess_config(folder) for folder in folders]
@@ -216,7 +225,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
                           f"preprocess them alike (same --size, --enhancement, cropping)")
     check_preprocessing(config.preprocess, settings[0], folders[0])
     config = replace(config, preprocess=settings[0])
-    manifest = pd.concat([load_manifest(folder) for folder in folders], ignore_index=True)
+    manifest = merged_manifest(folders)
     train_rows, val_rows = split_rows(manifest, "train"), split_rows(manifest, "val")
 
     run = find_unfinished_run(config)
@@ -285,7 +294,8 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
 
 
 def choose_threshold(run: Path, val_rows) -> float:
-    """Pick the pooled best-F1 threshold on the validation images at native resolution."""
+    """Pick the best-F1 threshold on the validation images at native resolution, every image
+    weighing the same (so one camera's large photos do not choose it for all)."""
     from .evaluation import PooledEvaluator, best_f1_threshold
     from .inference import THRESHOLD_FILE, Segmenter
     from .io import read_image, read_mask
@@ -298,11 +308,34 @@ def choose_threshold(run: Path, val_rows) -> float:
         fov = read_mask(row["native_fov"], image.shape[:2])
         prediction = segmenter.predict(image, fov)
         evaluator.add(row["id"], prediction.probability, truth, fov)
-    threshold, f1 = best_f1_threshold(evaluator.positive_hist, evaluator.negative_hist)
+    threshold, f1 = evaluator.per_image_threshold()
+    pooled_threshold, pooled_f1 = best_f1_threshold(evaluator.positive_hist,
+                                                    evaluator.negative_hist)
     write_text_atomic(run / THRESHOLD_FILE, json.dumps(
         {"threshold": threshold, "validation_f1": f1, "validation_images": list(val_rows["id"]),
-         "how": "pooled best-F1 threshold over the validation images, native resolution, "
-                "inside the FOV"}, indent=2) + "\n")
+         "how": "best-F1 threshold over the validation images, each image weighing the same, "
+                "native resolution, inside the FOV",
+         "pooled_pixels_threshold": pooled_threshold, "pooled_pixels_f1": pooled_f1},
+        indent=2) + "\n")
+    return threshold
+
+
+def rethreshold(run: str | Path) -> float:
+    """Choose a finished run's threshold again on its validation images (after a change of the
+    rule); the threshold it replaces is kept inside the new threshold.json."""
+    from .inference import THRESHOLD_FILE
+    from .pipeline import split_rows
+
+    run = Path(run)
+    if _read_status(run).get("state") != "finished":
+        raise ConfigError(f"{run}: not a finished run (status.json says otherwise)")
+    config = load_config(TrainConfig, run / "config.json")
+    previous = json.loads((run / THRESHOLD_FILE).read_text(encoding="utf-8"))
+    threshold = choose_threshold(run, split_rows(merged_manifest(data_folders(config)), "val"))
+    chosen = json.loads((run / THRESHOLD_FILE).read_text(encoding="utf-8"))
+    write_text_atomic(run / THRESHOLD_FILE,
+                      json.dumps({**chosen, "replaced": previous}, indent=2) + "\n")
+    _write_status(run, threshold=threshold)
     return threshold
 
 
@@ -340,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-name", help="suffix of the run folder's name")
     parser.add_argument("--runs-dir", help="parent folder of run folders (artifacts/runs)")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch")
+    parser.add_argument("--rethreshold", metavar="RUN",
+                        help="only choose finished RUN's threshold again on its validation "
+                             "images (the old one is kept in its threshold.json)")
     parser.add_argument("--cpu-replicas", type=int, default=0,
                         help="split the CPU into N logical devices and train with a "
                              "MirroredStrategy over them (exercises the multi-GPU code path)")
@@ -349,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = load_config(TrainConfig, args.config) if args.config else TrainConfig()
     overrides = {key: value for key, value in vars(args).items()
-                 if key not in ("config", "quiet", "cpu_replicas") and value is not None}
+                 if key not in ("config", "quiet", "cpu_replicas", "rethreshold")
+                 and value is not None}
     if "data" in overrides:
         overrides["data"] = ",".join(overrides["data"])
     try:
@@ -359,6 +396,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.rethreshold:
+        threshold = rethreshold(args.rethreshold)
+        print(f"{args.rethreshold}: threshold {threshold:.3f} (validation best F1, every image "
+              f"weighing the same)")
+        return 0
     config = config_from_args(args)
     devices = None
     if args.cpu_replicas > 1:
