@@ -69,13 +69,15 @@ def test_gray_path_gives_the_same_batches(tmp_path):
                                                             val_fraction=0.25), progress=False)
     assert load_preprocess_config(out).gray
     rows = split_rows(load_manifest(out), "train")
-    config = AugmentConfig(hue=0.05, saturation=0.2, blur_probability=0.5)
-    streams = [make_dataset(rows, 2, True, seed=2, augment_config=config, gray=gray).take(4)
-               for gray in (False, True)]
-    for (image3, target3), (image1, target1) in zip(*streams):
-        assert image1.shape == image3.shape
-        np.testing.assert_allclose(image1.numpy(), image3.numpy(), atol=1e-6)
-        np.testing.assert_array_equal(target1.numpy(), target3.numpy())
+    for config in (AugmentConfig(hue=0.05, saturation=0.2, blur_probability=0.5),
+                   # no gamma clip: saturation's clip must still happen on the gray path
+                   AugmentConfig(saturation=0.2, gamma=0.0, contrast=0.5, blur_probability=1.0)):
+        colour, gray = (make_dataset(rows, 2, True, seed=2, augment_config=config, gray=gray)
+                        for gray in (False, True))
+        assert gray.element_spec[0].shape[-1] == 3
+        for (image3, target3), (image1, target1) in zip(colour.take(4), gray.take(4)):
+            np.testing.assert_allclose(image1.numpy(), image3.numpy(), atol=1e-6)
+            np.testing.assert_array_equal(target1.numpy(), target3.numpy())
 
 
 def test_photometric_augmentation_keeps_outside_fov_black():

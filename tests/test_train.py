@@ -159,13 +159,30 @@ def test_rethreshold_keeps_the_threshold_it_replaces(tiny_run, tmp_path, capsys)
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    before = json.loads((run / "threshold.json").read_text())
+    # a run from before the rule changed: another threshold, chosen on pooled pixels
+    before = {**json.loads((run / "threshold.json").read_text()), "threshold": 0.123,
+              "how": "pooled best-F1 threshold"}
+    (run / "threshold.json").write_text(json.dumps(before))
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "threshold": 0.123}))
     assert main(["--rethreshold", str(run)]) == 0
     after = json.loads((run / "threshold.json").read_text())
-    assert after["replaced"] == before
+    assert after["replaced"] == before and after["threshold"] != 0.123
     assert "each image weighing the same" in after["how"]
     assert json.loads((run / "status.json").read_text())["threshold"] == after["threshold"]
     assert f"threshold {after['threshold']:.3f}" in capsys.readouterr().out
+
+
+def test_rethreshold_refuses_other_validation_images(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "threshold.json").read_text())
+    (run / "threshold.json").write_text(json.dumps({**record, "validation_images": ["other"]}))
+    assert main(["--rethreshold", str(run)]) != 0
+    assert "no longer hold the validation images" in capsys.readouterr().err
+    assert json.loads((run / "threshold.json").read_text())["validation_images"] == ["other"]
 
 
 def test_rethreshold_refuses_an_unfinished_run(tiny_run, tmp_path, capsys):

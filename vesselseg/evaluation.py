@@ -198,7 +198,7 @@ class PooledEvaluator:
         """The best-F1 threshold with every image counting equally, and that (weighted) F1.
 
         Pooled pixel counts let the largest photos choose: in a mixed validation set two HRF
-        photos (3504x2336) outweigh three DRIVE photos (565x584) 24 to 1, and the threshold
+        photos (3504x2336) outweigh three DRIVE photos (565x584) 16 to 1, and the threshold
         becomes HRF's. Scaling each image to weight 1 gives every camera its say."""
         return best_f1_threshold(self.positive_share, self.negative_share)
 

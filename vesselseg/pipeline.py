@@ -72,10 +72,12 @@ def augment(image, target, seed, config: AugmentConfig):
     if config.contrast:
         mean = tf.reduce_sum(image * fov, [0, 1]) / tf.maximum(tf.reduce_sum(fov), 1.0)
         image = (image - mean) * uniform(6, 1 - config.contrast, 1 + config.contrast) + mean
-    colour = image.shape[-1] == 3  # saturation and hue leave a gray image as it is
-    if config.saturation and colour:
-        image = tf.image.adjust_saturation(tf.clip_by_value(image, 0, 1),
-                                           uniform(7, 1 - config.saturation, 1 + config.saturation))
+    colour = image.shape[-1] != 1  # saturation and hue leave a gray image as it is
+    if config.saturation:
+        image = tf.clip_by_value(image, 0, 1)  # for gray too, so both paths stay identical
+        if colour:
+            image = tf.image.adjust_saturation(
+                image, uniform(7, 1 - config.saturation, 1 + config.saturation))
     if config.hue and colour:
         image = tf.image.adjust_hue(image, uniform(8, -config.hue, config.hue))
     if config.gamma:
@@ -127,7 +129,7 @@ def make_dataset(rows: pd.DataFrame, batch_size: int, training: bool, seed: int 
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=training)
     if gray:
-        dataset = dataset.map(lambda image, target: (tf.repeat(image, 3, axis=-1), target),
+        dataset = dataset.map(lambda image, target: (tf.tile(image, [1, 1, 1, 3]), target),
                               num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.prefetch(AUTOTUNE)
     if not autotune:

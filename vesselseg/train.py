@@ -293,7 +293,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     return run
 
 
-def choose_threshold(run: Path, val_rows) -> float:
+def choose_threshold(run: Path, val_rows, replaced: dict | None = None) -> float:
     """Pick the best-F1 threshold on the validation images at native resolution, every image
     weighing the same (so one camera's large photos do not choose it for all)."""
     from .evaluation import PooledEvaluator, best_f1_threshold
@@ -315,8 +315,8 @@ def choose_threshold(run: Path, val_rows) -> float:
         {"threshold": threshold, "validation_f1": f1, "validation_images": list(val_rows["id"]),
          "how": "best-F1 threshold over the validation images, each image weighing the same, "
                 "native resolution, inside the FOV",
-         "pooled_pixels_threshold": pooled_threshold, "pooled_pixels_f1": pooled_f1},
-        indent=2) + "\n")
+         "pooled_pixels_threshold": pooled_threshold, "pooled_pixels_f1": pooled_f1,
+         **({"replaced": replaced} if replaced else {})}, indent=2) + "\n")
     return threshold
 
 
@@ -331,10 +331,12 @@ def rethreshold(run: str | Path) -> float:
         raise ConfigError(f"{run}: not a finished run (status.json says otherwise)")
     config = load_config(TrainConfig, run / "config.json")
     previous = json.loads((run / THRESHOLD_FILE).read_text(encoding="utf-8"))
-    threshold = choose_threshold(run, split_rows(merged_manifest(data_folders(config)), "val"))
-    chosen = json.loads((run / THRESHOLD_FILE).read_text(encoding="utf-8"))
-    write_text_atomic(run / THRESHOLD_FILE,
-                      json.dumps({**chosen, "replaced": previous}, indent=2) + "\n")
+    val_rows = split_rows(merged_manifest(data_folders(config)), "val")
+    if list(val_rows["id"]) != previous.get("validation_images"):
+        raise ConfigError(f"{run}: its data folders ({config.data}) no longer hold the validation "
+                          f"images it was trained with; run from where it was trained, with the "
+                          f"same preprocessed folders")
+    threshold = choose_threshold(run, val_rows, replaced=previous)  # one write keeps both
     _write_status(run, threshold=threshold)
     return threshold
 
@@ -396,7 +398,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _main(args: argparse.Namespace) -> int:
-    if args.rethreshold:
+    if args.rethreshold is not None:
         threshold = rethreshold(args.rethreshold)
         print(f"{args.rethreshold}: threshold {threshold:.3f} (validation best F1, every image "
               f"weighing the same)")
