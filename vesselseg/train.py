@@ -323,13 +323,13 @@ def choose_threshold(run: Path, val_rows, replaced: dict | None = None) -> float
 def rethreshold(run: str | Path) -> float:
     """Choose a finished run's threshold again on its validation images (after a change of the
     rule); the threshold it replaces is kept inside the new threshold.json."""
-    from .inference import THRESHOLD_FILE
+    from .inference import CONFIG_FILE, THRESHOLD_FILE
     from .pipeline import split_rows
 
     run = Path(run)
     if _read_status(run).get("state") != "finished":
         raise ConfigError(f"{run}: not a finished run (status.json says otherwise)")
-    config = load_config(TrainConfig, run / "config.json")
+    config = load_config(TrainConfig, run / CONFIG_FILE)
     previous = json.loads((run / THRESHOLD_FILE).read_text(encoding="utf-8"))
     val_rows = split_rows(merged_manifest(data_folders(config)), "val")
     if list(val_rows["id"]) != previous.get("validation_images"):
