@@ -172,3 +172,15 @@ def test_enhancement_variants():
     assert green.shape == image.shape
     assert np.array_equal(green[..., 0], green[..., 1]) and np.array_equal(green[..., 1],
                                                                             green[..., 2])
+
+
+@pytest.mark.parametrize("crop_to_fov", [True, False])
+def test_gray_input_resizes_green_alone_to_the_same_pixels(crop_to_fov):
+    """to_model_input's green-only path equals resizing RGB, masking and keeping green."""
+    image, _, fov = wide_fundus(3)
+    config = PreprocessConfig(enhancement="green_clahe", crop_to_fov=crop_to_fov)
+    fast, fast_fov, box = to_model_input(image, fov, config, 200)
+    fov_small = resize_mask(crop(fov, box), 200, 200)
+    full = resize(crop(image, box), 200, 200) * fov_small[..., None].astype(np.uint8)
+    assert np.array_equal(fast, enhance(full, config))
+    assert np.array_equal(fast_fov, fov_small) and fast.shape == (200, 200, 3)
