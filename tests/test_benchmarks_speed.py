@@ -24,3 +24,25 @@ def test_runner_throughputs_alternate_backends_and_report_every_batch_size():
     # per batch size: a, b, a, b (each turn = 2 warm-up calls + 1 timed call)
     first_batch = [name for name, batch in calls if batch == BATCHES[0]]
     assert first_batch == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+
+
+def test_the_backend_target_judges_the_default_path_against_every_way_to_run_it():
+    from vesselseg.benchmarks.speed import _backend_ok, default_precision, markdown_table
+
+    rates = {"keras_float32": {"batch4": 10.0}, "keras_bfloat16": {"batch4": 14.0},
+             "onnx_float32": {"batch4": 12.5}}
+    assert not _backend_ok(rates, "keras_float32")  # bfloat16 is 1.4x the float32 default
+    assert _backend_ok(rates, "keras_bfloat16")
+    assert default_precision(None) in ("float32", "bfloat16")
+    assert default_precision("some/run") == "float32"  # a run as trained
+    row = markdown_table({"machine": "m", "tensorflow": "t", "parameters": 1, "forward_gflop": 1.0,
+                          "default": "keras_bfloat16",
+                          "model_only": {k: {"batch1": 1.0, "batch4": v["batch4"],
+                                             "batch8": 1.0} for k, v in rates.items()},
+                          "gflops_float32": {"model": 1, "matmul": 2},
+                          "gflops_bfloat16": {"model": 1, "matmul": 2}, "eval": {},
+                          "training": {"pipeline": 1, "in_memory": 1, "pipeline_overhead": 0,
+                                       "bfloat16_pipeline": 1},
+                          "training_peak_rss_mb": 1, "hrf_eval_peak_rss_mb": 1,
+                          "scaling": [], "scaling_spread": 1.0}).splitlines()[4]
+    assert row.startswith("| model only, Keras bfloat16, batch 4 (default) | 0.071 s/img")

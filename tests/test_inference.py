@@ -165,5 +165,24 @@ def test_bfloat16_needs_the_keras_backend_and_a_known_precision(tiny_run):
 
     with pytest.raises(ConfigError, match="keras backend only"):
         Segmenter.from_run(tiny_run, backend="onnx", precision="bfloat16")
-    with pytest.raises(ConfigError, match="valid: float32, bfloat16"):
+    with pytest.raises(ConfigError, match="valid: auto, float32, bfloat16"):
         Segmenter.from_run(tiny_run, precision="float16")
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_runs_it(tiny_run, monkeypatch):
+    from vesselseg import devices
+    from vesselseg.inference import resolve_inference_precision
+
+    monkeypatch.setattr(devices, "gpus", lambda: [])
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
+    assert resolve_inference_precision("auto") == "bfloat16"
+    assert resolve_inference_precision("auto", "onnx") is None  # exports stay float32
+    assert resolve_inference_precision("float32") == "float32"
+    segmenter = Segmenter.from_run(tiny_run, precision="auto")
+    assert segmenter.precision == "bfloat16"
+    assert segmenter.model.dtype_policy.name == "mixed_bfloat16"
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
+    assert Segmenter.from_run(tiny_run, precision="auto").precision == "as trained"
+    monkeypatch.setattr(devices, "gpus", lambda: ["GPU:0"])
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
+    assert resolve_inference_precision("auto") is None

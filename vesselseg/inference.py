@@ -30,8 +30,11 @@ THRESHOLD_FILE = "threshold.json"
 #: Where predictions are computed: the Keras model itself, or an export of it (made on demand
 #: into RUN/export/ by vesselseg.export) run by ONNX Runtime or the TFLite interpreter.
 BACKENDS = ("keras", "onnx", "tflite")
-#: Compute precisions a Keras model can be run in (Segmenter.from_run(precision=...)).
-INFERENCE_PRECISIONS = ("float32", "bfloat16")
+#: Compute precisions a Keras model can be run in (Segmenter.from_run(precision=...)); "auto"
+#: is bfloat16 on a CPU-only machine whose processor has bf16 matrix units, else as trained.
+INFERENCE_PRECISIONS = ("auto", "float32", "bfloat16")
+#: The shipped model's default: measured to keep its test figures (README "Speed").
+PRETRAINED_PRECISION = "auto"
 #: A runner: float32 batch [N, S, S, 3] (RGB / 255) -> vessel probabilities float32 [N, S, S].
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -128,6 +131,7 @@ class Segmenter:
         self.tile_overlap = tile_overlap
         self.batch_size = batch_size
         self.source = source
+        self.precision = "as trained"  # the compute precision, for the record (from_run sets it)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -136,7 +140,8 @@ class Segmenter:
         """Load the best model, its config and its validation threshold from a run folder.
 
         precision "float32" or "bfloat16" rebuilds the Keras model for that compute precision
-        (default None: as it was trained and saved).
+        (default None: as it was trained and saved); "auto" picks bfloat16 where the CPU runs it
+        natively and no GPU is present, else keeps the model as trained.
 
         backend "onnx" or "tflite" runs the run's export (RUN/export/model.onnx or model.tflite)
         instead of the Keras model; a missing export is made (and verified) on the spot, which
@@ -147,6 +152,7 @@ class Segmenter:
         if precision is not None and precision not in INFERENCE_PRECISIONS:
             raise ConfigError(f"precision: unknown {precision!r}; valid: "
                               f"{', '.join(INFERENCE_PRECISIONS)}")
+        precision = resolve_inference_precision(precision, backend)
         if precision == "bfloat16" and backend != "keras":
             raise ConfigError(f"precision: bfloat16 runs with the keras backend only, not "
                               f"{backend!r} (exports are float32)")
@@ -168,12 +174,16 @@ class Segmenter:
             from .export import runner_for_run
 
             model, runner = None, runner_for_run(run, backend)
-        return cls(model, config.preprocess, threshold=threshold, source=str(run), runner=runner,
-                   backend=backend, **kwargs)
+        segmenter = cls(model, config.preprocess, threshold=threshold, source=str(run),
+                        runner=runner, backend=backend, **kwargs)
+        segmenter.precision = precision or "as trained"
+        return segmenter
 
     @classmethod
     def pretrained(cls, **kwargs) -> Segmenter:
-        """The model shipped inside the package."""
+        """The model shipped inside the package (precision default: PRETRAINED_PRECISION)."""
+        if kwargs.get("precision") is None:
+            kwargs["precision"] = PRETRAINED_PRECISION
         if not (PRETRAINED_DIR / MODEL_FILE).exists():
             raise ModelLoadError("no pretrained model is shipped in this version of vesselseg; "
                                  "train one (python -m vesselseg.train) and pass --run RUN_FOLDER")
@@ -341,8 +351,10 @@ def add_inference_arguments(parser) -> None:
                              "windows of the training size (e.g. 1024 for large photos; default: "
                              "the training size, one window)")
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS,
-                        help="compute precision of the Keras model (default: as trained); "
-                             "bfloat16 is faster on CPUs with AVX512-BF16 or AMX")
+                        help="compute precision of the Keras model: bfloat16 is faster on CPUs "
+                             "with AVX512-BF16 or AMX; auto = bfloat16 there (without a GPU), "
+                             "else as trained (default: auto for the shipped model, as trained "
+                             "for --run)")
     parser.add_argument("--threshold", type=float,
                         help="decision threshold (default: the model's validation-chosen one)")
 
@@ -355,6 +367,16 @@ def segmenter_from_args(args) -> Segmenter:
     if args.working_size is not None:
         kwargs["working_size"] = args.working_size
     return Segmenter.from_run(args.run, **kwargs) if args.run else Segmenter.pretrained(**kwargs)
+
+
+def resolve_inference_precision(precision: str | None, backend: str = "keras") -> str | None:
+    """"auto" -> "bfloat16" for the Keras backend on a CPU-only machine with bf16 units, else
+    None (as trained); other values unchanged."""
+    if precision != "auto":
+        return precision
+    from .devices import cpu_has_bf16, gpus
+
+    return "bfloat16" if backend == "keras" and cpu_has_bf16() and not gpus() else None
 
 
 def check_backend(backend: str) -> str:

@@ -125,6 +125,7 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
         "protocol": PROTOCOL,
         "threshold": segmenter.threshold,
         "tta": segmenter.tta,
+        "precision": segmenter.precision,
         "model": segmenter.source,
         "images": len(evaluator.rows),
         "fov": sorted({i.fov_source for i in items}),
@@ -214,7 +215,8 @@ def _main(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"warning: {note}", file=sys.stderr)
     print(format_table(report.table))
-    print(f"\n{PROTOCOL}; threshold {segmenter.threshold:.3f}" + (", flip TTA" if args.tta else ""))
+    print(f"\n{PROTOCOL}; threshold {segmenter.threshold:.3f}" + (", flip TTA" if args.tta else "")
+          + f"; precision {segmenter.precision}")
     print(f"results: {report.out}")
     for _, message in report.failures:
         print(f"error: {message}", file=sys.stderr)
