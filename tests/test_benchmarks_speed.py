@@ -26,15 +26,26 @@ def test_runner_throughputs_alternate_backends_and_report_every_batch_size():
     assert first_batch == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
 
 
+def test_the_default_path_is_the_shipped_models_auto_precision_or_a_runs_own(tiny_run,
+                                                                              monkeypatch):
+    from vesselseg import devices
+    from vesselseg.benchmarks.speed import default_precision
+
+    monkeypatch.setattr(devices, "gpus", lambda: [])
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
+    assert default_precision(None) == "bfloat16"
+    assert default_precision(tiny_run) == "float32"  # trained in float32
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
+    assert default_precision(None) == "float32"
+
+
 def test_the_backend_target_judges_the_default_path_against_every_way_to_run_it():
-    from vesselseg.benchmarks.speed import _backend_ok, default_precision, markdown_table
+    from vesselseg.benchmarks.speed import _backend_ok, markdown_table
 
     rates = {"keras_float32": {"batch4": 10.0}, "keras_bfloat16": {"batch4": 14.0},
              "onnx_float32": {"batch4": 12.5}}
     assert not _backend_ok(rates, "keras_float32")  # bfloat16 is 1.4x the float32 default
     assert _backend_ok(rates, "keras_bfloat16")
-    assert default_precision(None) in ("float32", "bfloat16")
-    assert default_precision("some/run") == "float32"  # a run as trained
     row = markdown_table({"machine": "m", "tensorflow": "t", "parameters": 1, "forward_gflop": 1.0,
                           "default": "keras_bfloat16",
                           "model_only": {k: {"batch1": 1.0, "batch4": v["batch4"],

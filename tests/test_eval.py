@@ -39,6 +39,7 @@ def test_every_format_is_segmented_at_native_size(tiny_run, photos, tmp_path, ca
             assert written.shape[:2] == (300, 300), (stem, kind)
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["results"]) == 6 and all(r["error"] is None for r in summary["results"])
+    assert summary["compute_precision"] == "float32"
 
 
 def test_broken_file_is_reported_and_the_others_still_processed(tiny_run, photos, tmp_path,

@@ -160,6 +160,15 @@ def test_bfloat16_inference_stays_close_to_float32(tiny_run):
     assert np.abs(fast.probability - float32.probability).max() < 0.05
 
 
+def test_the_shipped_model_runs_auto_unless_told_otherwise(monkeypatch):
+    from vesselseg import devices
+
+    monkeypatch.setattr(devices, "gpus", lambda: [])
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
+    assert Segmenter.pretrained().compute_precision == "bfloat16"
+    assert Segmenter.pretrained(precision="float32").compute_precision == "float32"
+
+
 def test_bfloat16_needs_the_keras_backend_and_a_known_precision(tiny_run):
     from vesselseg.errors import ConfigError
 
@@ -179,10 +188,12 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_runs_it(tiny_run, monkeyp
     assert resolve_inference_precision("auto", "onnx") is None  # exports stay float32
     assert resolve_inference_precision("float32") == "float32"
     segmenter = Segmenter.from_run(tiny_run, precision="auto")
-    assert segmenter.precision == "bfloat16"
+    assert segmenter.compute_precision == "bfloat16"
     assert segmenter.model.dtype_policy.name == "mixed_bfloat16"
+    export_like = Segmenter(None, segmenter.preprocess, runner=lambda x: x[..., 0], backend="onnx")
+    assert export_like.compute_precision == "float32"
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
-    assert Segmenter.from_run(tiny_run, precision="auto").precision == "as trained"
+    assert Segmenter.from_run(tiny_run, precision="auto").compute_precision == "float32"
     monkeypatch.setattr(devices, "gpus", lambda: ["GPU:0"])
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
     assert resolve_inference_precision("auto") is None

@@ -22,6 +22,7 @@ def test_metrics_csv_summary_and_figures_on_synthetic(tiny_run, synthetic_prepro
     summary = json.loads((out / "summary.json").read_text())
     assert "inside the FOV" in summary["protocol"] and summary["images"] == len(test_ids)
     assert summary["pooled"]["f1"] == pytest.approx(report.pooled["f1"])
+    assert summary["compute_precision"] == "float32"  # the tiny run as trained
     for item_id in test_ids:
         for folder in ("probabilities", "masks", "panels"):
             assert (out / folder / f"{item_id}.png").exists()

@@ -174,13 +174,17 @@ def test_enhancement_variants():
                                                                             green[..., 2])
 
 
-@pytest.mark.parametrize("crop_to_fov", [True, False])
-def test_gray_input_resizes_green_alone_to_the_same_pixels(crop_to_fov):
-    """to_model_input's green-only path equals resizing RGB, masking and keeping green."""
+@pytest.mark.parametrize("crop_to_fov, size, cut", [(True, 200, False), (False, 200, False),
+                                                    (True, 512, False), (True, 200, True)])
+def test_gray_input_resizes_green_alone_to_the_same_pixels(crop_to_fov, size, cut):
+    """to_model_input's green-only path equals resizing RGB, masking and keeping green:
+    shrinking and enlarging, and with a FOV cut by the frame (the crop box padded)."""
     image, _, fov = wide_fundus(3)
+    if cut:  # a disc wider than the frame, as in HRF
+        fov = disc(300, 340, 170, 150, 165)
     config = PreprocessConfig(enhancement="green_clahe", crop_to_fov=crop_to_fov)
-    fast, fast_fov, box = to_model_input(image, fov, config, 200)
-    fov_small = resize_mask(crop(fov, box), 200, 200)
-    full = resize(crop(image, box), 200, 200) * fov_small[..., None].astype(np.uint8)
+    fast, fast_fov, box = to_model_input(image, fov, config, size)
+    fov_small = resize_mask(crop(fov, box), size, size)
+    full = resize(crop(image, box), size, size) * fov_small[..., None].astype(np.uint8)
     assert np.array_equal(fast, enhance(full, config))
-    assert np.array_equal(fast_fov, fov_small) and fast.shape == (200, 200, 3)
+    assert np.array_equal(fast_fov, fov_small) and fast.shape == (size, size, 3)

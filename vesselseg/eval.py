@@ -164,7 +164,7 @@ def _main(args: argparse.Namespace) -> int:
         write_text_atomic(summary, json.dumps(
             {"model": segmenter.source, "backend": segmenter.backend,
              "threshold": segmenter.threshold, "tta": segmenter.tta,
-             "precision": segmenter.precision,
+             "compute_precision": segmenter.compute_precision,
              "results": [{"image": str(r.path), "vessel_density": r.vessel_density,
                           "error": r.error} for r in results]}, indent=2) + "\n")
     except OSError:

@@ -131,7 +131,6 @@ class Segmenter:
         self.tile_overlap = tile_overlap
         self.batch_size = batch_size
         self.source = source
-        self.precision = "as trained"  # the compute precision, for the record (from_run sets it)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -174,10 +173,8 @@ class Segmenter:
             from .export import runner_for_run
 
             model, runner = None, runner_for_run(run, backend)
-        segmenter = cls(model, config.preprocess, threshold=threshold, source=str(run),
-                        runner=runner, backend=backend, **kwargs)
-        segmenter.precision = precision or "as trained"
-        return segmenter
+        return cls(model, config.preprocess, threshold=threshold, source=str(run), runner=runner,
+                   backend=backend, **kwargs)
 
     @classmethod
     def pretrained(cls, **kwargs) -> Segmenter:
@@ -188,6 +185,15 @@ class Segmenter:
             raise ModelLoadError("no pretrained model is shipped in this version of vesselseg; "
                                  "train one (python -m vesselseg.train) and pass --run RUN_FOLDER")
         return cls.from_run(PRETRAINED_DIR, **kwargs)
+
+    @property
+    def compute_precision(self) -> str:
+        """The dtype the model computes in, for the record: "float32", "bfloat16" or "float16"
+        (exports always run float32)."""
+        if self.model is None:
+            return "float32"
+        compute = getattr(self.model.dtype_policy, "compute_dtype", "float32")
+        return compute if compute in ("bfloat16", "float16") else "float32"
 
     # -- prediction ----------------------------------------------------------------------------
     def prepare(self, image: np.ndarray, fov: np.ndarray | None = None):
@@ -354,7 +360,7 @@ def add_inference_arguments(parser) -> None:
                         help="compute precision of the Keras model: bfloat16 is faster on CPUs "
                              "with AVX512-BF16 or AMX; auto = bfloat16 there (without a GPU), "
                              "else as trained (default: auto for the shipped model, as trained "
-                             "for --run)")
+                             "for --run). Unlike train's auto, which keeps float32 on CPUs")
     parser.add_argument("--threshold", type=float,
                         help="decision threshold (default: the model's validation-chosen one)")
 
@@ -374,9 +380,11 @@ def resolve_inference_precision(precision: str | None, backend: str = "keras") -
     None (as trained); other values unchanged."""
     if precision != "auto":
         return precision
+    if backend != "keras":  # exports run float32; no TensorFlow import for them
+        return None
     from .devices import cpu_has_bf16, gpus
 
-    return "bfloat16" if backend == "keras" and cpu_has_bf16() and not gpus() else None
+    return "bfloat16" if cpu_has_bf16() and not gpus() else None
 
 
 def check_backend(backend: str) -> str:

@@ -92,7 +92,7 @@ def roc_pr_curves(curves: dict[str, np.ndarray], auc_roc: float, auc_pr: float,
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 80), alpha: float = 0.6):
-    """The photo with the predicted vessels painted on it."""
+    """The photo (HxWx3 uint8) with the predicted vessels painted on it."""
     out = image.copy()  # only the vessel pixels are blended: a few percent of the photo
     painted = (1 - alpha) * image[mask].astype(np.float32) + alpha * np.asarray(colour, np.float32)
     out[mask] = painted.clip(0, 255).astype(np.uint8)

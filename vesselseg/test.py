@@ -125,7 +125,7 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
         "protocol": PROTOCOL,
         "threshold": segmenter.threshold,
         "tta": segmenter.tta,
-        "precision": segmenter.precision,
+        "compute_precision": segmenter.compute_precision,
         "model": segmenter.source,
         "images": len(evaluator.rows),
         "fov": sorted({i.fov_source for i in items}),
@@ -216,7 +216,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"warning: {note}", file=sys.stderr)
     print(format_table(report.table))
     print(f"\n{PROTOCOL}; threshold {segmenter.threshold:.3f}" + (", flip TTA" if args.tta else "")
-          + f"; precision {segmenter.precision}")
+          + f"; computed in {segmenter.compute_precision}")
     print(f"results: {report.out}")
     for _, message in report.failures:
         print(f"error: {message}", file=sys.stderr)

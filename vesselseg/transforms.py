@@ -63,12 +63,13 @@ def resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def enhance(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """Optional contrast enhancement of an RGB uint8 image (CLAHE on luminance or green)."""
+    """Optional contrast enhancement of an RGB uint8 image (CLAHE on luminance or green); for
+    green CLAHE an HxW image is taken to be the green channel already."""
     if config.enhancement == "none":
         return image
     clahe = cv2.createCLAHE(clipLimit=config.clahe_clip,
                             tileGridSize=(config.clahe_tiles, config.clahe_tiles))
-    if config.enhancement == "green_clahe":  # an HxW image is taken to be the green already
+    if config.enhancement == "green_clahe":
         green = clahe.apply(np.ascontiguousarray(image if image.ndim == 2 else image[..., 1]))
         return np.repeat(green[..., None], 3, axis=2)
     lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)

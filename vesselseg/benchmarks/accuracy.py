@@ -75,7 +75,9 @@ def evaluate_run(run: str | Path | None, data: Path, out: Path, tta: bool = Fals
 
     segmenter = Segmenter.from_run(run, tta=tta) if run else Segmenter.pretrained(tta=tta)
     report = run_test(segmenter, items_from_manifest(data), out, progress=progress)
-    return {"threshold": segmenter.threshold, "tta": tta, "test_images": len(report.table) - 3,
+    return {"threshold": segmenter.threshold, "tta": tta,
+            "compute_precision": segmenter.compute_precision,
+            "test_images": len(report.table) - 3,
             "tests": str(report.out), "pooled": report.pooled, "protocol": PROTOCOL}
 
 

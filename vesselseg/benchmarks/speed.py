@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -247,10 +248,19 @@ def machine() -> str:
 
 
 def default_precision(run: Path | None) -> str:
-    """The precision eval runs a model in without options: "float32" or "bfloat16"."""
-    from ..inference import PRETRAINED_PRECISION, resolve_inference_precision
+    """The precision eval runs a model in without options, "float32" or "bfloat16": the shipped
+    model at PRETRAINED_PRECISION, a run as it was trained (a float16 run is timed as float32)."""
+    from ..inference import (
+        MODEL_FILE,
+        PRETRAINED_PRECISION,
+        load_keras_model,
+        resolve_inference_precision,
+    )
 
-    chosen = resolve_inference_precision(PRETRAINED_PRECISION if run is None else None)
+    if run is None:
+        chosen = resolve_inference_precision(PRETRAINED_PRECISION)
+    else:
+        chosen = load_keras_model(run / MODEL_FILE).dtype_policy.compute_dtype
     return "bfloat16" if chosen == "bfloat16" else "float32"
 
 
@@ -342,7 +352,8 @@ def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "f
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "drive"
         # the model's own preprocessing: the pipeline path its training takes (gray or RGB)
-        preprocess_dataset("drive", drive, data, config.preprocess, progress=False)
+        preprocess_dataset("drive", drive, data,
+                           replace(config.preprocess, size=512, augment=0), progress=False)
         training = training_throughput(data, config.base_filters, depth=config.depth)
         training["bfloat16_pipeline"] = training_throughput(
             data, config.base_filters, depth=config.depth, policy="mixed_bfloat16",
