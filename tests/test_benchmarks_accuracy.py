@@ -1,0 +1,16 @@
+"""The accuracy benchmark's results table (the figures themselves come from running it)."""
+from __future__ import annotations
+
+from vesselseg.benchmarks.accuracy import PUBLISHED, markdown_table
+
+
+def test_results_table_puts_the_run_above_the_published_figures():
+    pooled = dict.fromkeys(("accuracy", "sensitivity", "specificity", "precision", "f1", "iou",
+                            "auc_roc", "auc_pr", "cldice"), 0.5)
+    pooled["f1"] = 0.8123
+    table = markdown_table({"dataset": "chase", "test_images": 8, "training_minutes": 59.5,
+                            "pooled": pooled}).splitlines()
+    assert table[2].startswith("| chase (8 images) | vesselseg (59.5 min CPU) |")
+    assert "0.8123" in table[2]
+    assert len(table) == 3 + len(PUBLISHED["chase"])
+    assert "SA-UNet (published)" in table[-1] and "0.9905" in table[-1]
