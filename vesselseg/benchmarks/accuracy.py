@@ -99,8 +99,8 @@ def markdown_table(results: dict) -> str:
                                   f"vesselseg ({results['training_minutes']} min CPU)",
                                   results["pooled"])]
     for name, f1, auc in PUBLISHED.get(results["dataset"], []):
-        auc_text = f"{auc:.3f}" if auc else ""
-        lines.append(f"| {results['dataset']} | {name} (published) | | | | | {f1:.4f} | | "
+        auc_text = f"{auc:g}" if auc else ""  # as published, to their digits
+        lines.append(f"| {results['dataset']} | {name} (published) | | | | | {f1:g} | | "
                      f"{auc_text} | | |")
     return "\n".join(lines) + "\n"
 
