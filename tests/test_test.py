@@ -23,6 +23,9 @@ def test_metrics_csv_summary_and_figures_on_synthetic(tiny_run, synthetic_prepro
     assert "inside the FOV" in summary["protocol"] and summary["images"] == len(test_ids)
     assert summary["pooled"]["f1"] == pytest.approx(report.pooled["f1"])
     assert summary["compute_precision"] == "float32"  # the tiny run as trained
+    fitted = summary["fitted_threshold"]
+    assert (fitted["threshold"], fitted["f1"]) == pytest.approx(report.fitted_threshold)
+    assert 0 < fitted["threshold"] < 1 and "never test images" in fitted["how"]
     for item_id in test_ids:
         for folder in ("probabilities", "masks", "panels"):
             assert (out / folder / f"{item_id}.png").exists()
@@ -36,6 +39,8 @@ def test_cli_on_twenty_real_drive_test_images(tiny_run, drive_dir, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "pooled" in printed and "inside the FOV" in printed
+    assert "fitted on these images: threshold" in printed
+    assert "only if these are validation" in printed
     (result,) = list((tiny_run / "tests").iterdir())
     table = pd.read_csv(result / "metrics.csv")
     assert len(table) == 23 and table["id"].iloc[20] == "pooled"

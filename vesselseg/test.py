@@ -74,6 +74,9 @@ class TestReport:
     failures: list[tuple[str, str]]
     #: Usable but suspicious annotations (not binary, no vessel pixel), one message per file.
     notes: list[str] = field(default_factory=list)
+    #: The best-F1 threshold on these very images (each weighing the same) and that F1: for
+    #: choosing a threshold on validation images; on test images it would be cheating.
+    fitted_threshold: tuple[float, float] | None = None
 
 
 def _load(item: TestItem, notes: list[str] | None = None):
@@ -117,6 +120,7 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
     if not evaluator.rows:
         raise DatasetError("no image could be evaluated: " + "; ".join(m for _, m in failures))
     pooled = evaluator.pooled()
+    fitted = evaluator.per_image_threshold()
     table = pd.DataFrame(summary_rows(evaluator.rows, pooled),
                          columns=["id", *METRIC_NAMES, "threshold"])
     write_text_atomic(out / "metrics.csv", table.to_csv(index=False, float_format="%.6f"))
@@ -130,6 +134,7 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
         "images": len(evaluator.rows),
         "fov": sorted({i.fov_source for i in items}),
         "pooled": pooled,
+        "fitted_threshold": {"threshold": fitted[0], "f1": fitted[1], "how": FITTED_HOW},
         "mean": table[table["id"] == "mean"].iloc[0][list(METRIC_NAMES)].to_dict(),
         "std": table[table["id"] == "std"].iloc[0][list(METRIC_NAMES)].to_dict(),
         "failures": failures,
@@ -137,7 +142,11 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
         **(description or {}),
     }
     write_text_atomic(out / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
-    return TestReport(out, table, pooled, failures, sorted(notes))
+    return TestReport(out, table, pooled, failures, sorted(notes), fitted)
+
+
+FITTED_HOW = ("best-F1 threshold on these images, each image weighing the same: a threshold for "
+              "the model only if these are validation images, never test images")
 
 
 def _clean(value):
@@ -217,6 +226,9 @@ def _main(args: argparse.Namespace) -> int:
     print(format_table(report.table))
     print(f"\n{PROTOCOL}; threshold {segmenter.threshold:.3f}" + (", flip TTA" if args.tta else "")
           + f"; computed in {segmenter.compute_precision}")
+    threshold, f1 = report.fitted_threshold
+    print(f"fitted on these images: threshold {threshold:.3f} (F1 {f1:.4f}, each image weighing "
+          f"the same); pass it as --threshold only if these are validation images")
     print(f"results: {report.out}")
     for _, message in report.failures:
         print(f"error: {message}", file=sys.stderr)
