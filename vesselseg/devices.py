@@ -1,9 +1,10 @@
 """Device facts, the distribution strategy and the precision policy for a run.
 
-GPU: mixed_float16. CPU: bfloat16 only where the processor has native bf16 matrix units (AMX or
-AVX512-BF16) and only when asked or measured faster; float32 otherwise. Several GPUs: a
-MirroredStrategy; TF_CONFIG naming several workers: MultiWorkerMirroredStrategy; the same code
-path runs on CPU (logical devices in tests).
+Training: GPU mixed_float16; CPU float32 by default, mixed bfloat16 when asked (on any CPU; only
+faster with AMX or AVX512-BF16 units). Inference has its own "auto"
+(`inference.resolve_inference_precision`): bfloat16 on CPU-only machines with bf16 units.
+Several GPUs: a MirroredStrategy; TF_CONFIG naming several workers: MultiWorkerMirroredStrategy;
+the same code path runs on CPU (logical devices in tests).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import tensorflow as tf
 
 from .errors import ConfigError
 
-#: The CPU default chosen from measurement (see README "Speed"); "float32" or "bfloat16".
+#: Training's CPU default for --precision auto, "float32" or "bfloat16": float32, since
+#: bfloat16's extra epochs bought no accuracy in a fixed budget (README "Devices").
 CPU_DEFAULT_PRECISION = "float32"
 
 

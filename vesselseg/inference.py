@@ -350,8 +350,8 @@ def add_inference_arguments(parser) -> None:
     parser.add_argument("--tta", action="store_true", help="average flipped predictions")
     parser.add_argument("--backend", choices=BACKENDS, default="keras",
                         help="run the Keras model (default) or its ONNX / TFLite export "
-                             "(RUN/export/, made on first use; ONNX needs pip install "
-                             "\"vesselseg[export]\")")
+                             "(RUN/export/, made on first use, so the run folder must be "
+                             "writable; ONNX needs pip install \"vesselseg[export]\")")
     parser.add_argument("--working-size", type=int,
                         help="run the model on an NxN version of the FOV crop, in overlapping "
                              "windows of the training size (e.g. 1024 for large photos; default: "
@@ -359,8 +359,8 @@ def add_inference_arguments(parser) -> None:
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS,
                         help="compute precision of the Keras model: bfloat16 is faster on CPUs "
                              "with AVX512-BF16 or AMX; auto = bfloat16 there (without a GPU), "
-                             "else as trained (default: auto for the shipped model, as trained "
-                             "for --run). Unlike train's auto, which keeps float32 on CPUs")
+                             "else as trained (default: auto for the shipped model; a --run runs "
+                             "as trained). train's auto differs: it keeps float32 on CPUs")
     parser.add_argument("--threshold", type=float,
                         help="decision threshold (default: the model's validation-chosen one)")
 

@@ -2,7 +2,8 @@
 
 Protocol: probabilities are mapped back to each image's native resolution and compared with the
 reference annotation only inside the FOV; the pooled row sums pixel counts over all images.
-Outputs go into a new folder (inside the run unless --out is given): metrics.csv, summary.json,
+Outputs go into a new folder (inside the run, or in artifacts/tests/ for the shipped model, unless
+--out is given): metrics.csv, summary.json,
 roc_pr.png, and per image a probability PNG, a binary mask PNG and a comparison panel.
 """
 from __future__ import annotations
@@ -188,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", help="raw dataset folder (with --dataset)")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
     add_inference_arguments(parser)
-    parser.add_argument("--out", help="output folder (default: a new folder in RUN/tests/)")
+    parser.add_argument("--out", help="output folder (default: a new folder in RUN/tests/, or in "
+                                      "artifacts/tests/ for the shipped model)")
     parser.add_argument("--no-images", action="store_true",
                         help="skip per-image PNGs and panels (metrics only)")
     return parser

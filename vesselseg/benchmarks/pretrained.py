@@ -9,8 +9,11 @@ and (for maintainers) ship a run as the package's model.
     python -m vesselseg.benchmarks.pretrained --ship RUN
 
 Training uses the training images of DRIVE (official split), CHASE_DB1 (first 20) and HRF
-(numbers 01-05 of each group); a seeded 15 % of each is held out for validation (checkpoint and
-threshold). Their test images are never seen. Results: results.json and results.md in --out.
+(numbers 01-05 of each group); a seeded 15 % of each is held out for validation (the threshold,
+and the checkpoint with "keep": "best"). Their test images are never seen. The shipped model is
+tested at its default precision (bfloat16 on CPU-only machines with bf16 units), a --run or
+--train model as trained; results.json records each test's compute_precision. Results:
+results.json and results.md in --out.
 """
 from __future__ import annotations
 
@@ -77,11 +80,16 @@ def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | P
     return results
 
 
+def results_label(results: dict) -> str:
+    return ("vesselseg pretrained" if results["model"] == "shipped pretrained model"
+            else f"run {Path(results['model']).name}")
+
+
 def markdown_table(results: dict) -> str:
     lines = list(HEADER)
     for name, test in results["tests"].items():
         lines.append(metrics_row(f"{FOLDERS[name]} ({test['test_images']} images)",
-                                 "vesselseg pretrained" + (" + TTA" if test["tta"] else ""),
+                                 results_label(results) + (" + TTA" if test["tta"] else ""),
                                  test["pooled"]))
     return "\n".join(lines) + "\n"
 
