@@ -14,3 +14,16 @@ def test_results_table_puts_the_run_above_the_published_figures():
     assert "0.8123" in table[2]
     assert len(table) == 3 + len(PUBLISHED["chase"])
     assert "SA-UNet (published)" in table[-1] and "0.9905" in table[-1]
+
+
+def test_pretrained_table_names_the_model_it_tested():
+    from vesselseg.benchmarks.pretrained import markdown_table as pretrained_table
+
+    pooled = dict.fromkeys(("accuracy", "sensitivity", "specificity", "precision", "f1", "iou",
+                            "auc_roc", "auc_pr", "cldice"), 0.5)
+    test = {"test_images": 20, "tta": False, "pooled": pooled}
+    shipped = pretrained_table({"model": "shipped pretrained model", "tests": {"drive": test}})
+    assert "| DRIVE (20 images) | vesselseg pretrained |" in shipped
+    run = pretrained_table({"model": "/x/runs/20261124_mix", "tests": {"drive": {**test,
+                                                                             "tta": True}}})
+    assert "| run 20261124_mix + TTA |" in run
