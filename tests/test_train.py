@@ -194,3 +194,36 @@ def test_rethreshold_refuses_an_unfinished_run(tiny_run, tmp_path, capsys):
     (run / "status.json").write_text(json.dumps({**status, "state": "running"}))
     assert main(["--rethreshold", str(run)]) != 0
     assert "not a finished run" in capsys.readouterr().err
+
+
+def test_fine_tuning_starts_from_the_given_runs_weights(tiny_run, synthetic_preprocessed,
+                                                        tmp_path):
+    from vesselseg.inference import load_keras_model
+
+    config = replace(load_config(TrainConfig, tiny_run / "config.json"), runs_dir=str(tmp_path),
+                     init_from=str(tiny_run), epochs=1, steps_per_epoch=1, learning_rate=1e-9)
+    run = train(config, progress=False)
+    assert load_config(TrainConfig, run / "config.json").init_from == str(tiny_run)
+    before = load_keras_model(tiny_run / "best.keras").get_weights()
+    after = load_keras_model(run / "best.keras").get_weights()
+    # a vanishing learning rate: only BatchNorm's moving statistics may move
+    assert all(a.shape == b.shape for a, b in zip(before, after))
+    kernels = [(a, b) for a, b in zip(before, after) if a.ndim == 4]
+    assert kernels and all(abs(a - b).max() < 1e-6 for a, b in kernels)
+
+
+def test_fine_tuning_a_different_network_names_the_difference(tiny_run, synthetic_preprocessed,
+                                                              tmp_path, capsys):
+    code = main(["--data", str(synthetic_preprocessed), "--runs-dir", str(tmp_path),
+                 "--base-filters", "8", "--depth", "2", "--init-from", str(tiny_run)])
+    assert code != 0
+    error = capsys.readouterr().err
+    assert str(tiny_run) in error and "base_filters 4 (this run: 8)" in error
+    assert not any(tmp_path.iterdir())  # no run folder was made
+
+
+def test_fine_tuning_from_a_folder_without_a_model_names_it(synthetic_preprocessed, tmp_path,
+                                                            capsys):
+    code = main(["--data", str(synthetic_preprocessed), "--runs-dir", str(tmp_path / "runs"),
+                 "--init-from", str(tmp_path)])
+    assert code != 0 and f"{tmp_path} is not a run folder" in capsys.readouterr().err

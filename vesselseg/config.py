@@ -101,6 +101,7 @@ class TrainConfig:
     seed: int = 0
     cache: bool = True
     use_fov_in_loss: bool = True
+    init_from: str = ""  # fine-tune from this run's weights ("pretrained": the shipped model)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 

@@ -205,6 +205,41 @@ def check_preprocessing(asked: PreprocessConfig, used: PreprocessConfig, folder:
                       f"{' with ' + flags if flags else ' with matching settings'}")
 
 
+#: What must match between a run and the run whose weights it starts from.
+ARCHITECTURE_KEYS = ("architecture", "base_filters", "depth", "batch_norm", "dropout")
+
+
+def init_run_folder(init_from: str) -> Path:
+    """The run folder named by `init_from` ("pretrained": the model shipped in the package)."""
+    from .inference import MODEL_FILE, PRETRAINED_DIR
+
+    folder = PRETRAINED_DIR if init_from == "pretrained" else Path(init_from)
+    if not (folder / MODEL_FILE).exists() or not (folder / "config.json").exists():
+        raise ConfigError(f"init_from: {folder} is not a run folder (it needs {MODEL_FILE} and "
+                          f"config.json); give a finished run or 'pretrained'")
+    return folder
+
+
+def check_init_compatible(config: TrainConfig, init: TrainConfig, folder: Path) -> None:
+    """Fine-tuning needs the same network and the same model inputs as the starting run."""
+    differences = [f"{key} {getattr(init, key)!r} (this run: {getattr(config, key)!r})"
+                   for key in ARCHITECTURE_KEYS if getattr(init, key) != getattr(config, key)]
+    differences += [f"preprocess.{key} {getattr(init.preprocess, key)!r} (this data: "
+                    f"{getattr(config.preprocess, key)!r})"
+                    for key in ("size", "enhancement", "crop_to_fov", "clahe_clip", "clahe_tiles")
+                    if getattr(init.preprocess, key) != getattr(config.preprocess, key)]
+    if differences:
+        raise ConfigError(f"init_from: {folder} was trained with {'; '.join(differences)}; "
+                          f"fine-tuning needs the same network and preprocessing")
+
+
+def checked_init_folder(config: TrainConfig) -> Path:
+    """The run to fine-tune from, once checked to fit this run."""
+    folder = init_run_folder(config.init_from)
+    check_init_compatible(config, load_config(TrainConfig, folder / "config.json"), folder)
+    return folder
+
+
 def train(config: TrainConfig, devices: list[str] | None = None, progress: bool = True) -> Path:
     """Train according to `config`; returns the run folder. The library function behind the CLI."""
     import keras
@@ -225,6 +260,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
                           f"preprocess them alike (same --size, --enhancement, cropping)")
     check_preprocessing(config.preprocess, settings[0], folders[0])
     config = replace(config, preprocess=settings[0])
+    init_folder = checked_init_folder(config) if config.init_from else None  # before any run folder
     manifest = merged_manifest(folders)
     train_rows, val_rows = split_rows(manifest, "train"), split_rows(manifest, "val")
 
@@ -257,6 +293,10 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     with strategy.scope():
         model = get_model(config.architecture, base_filters=config.base_filters, depth=config.depth,
                           batch_norm=config.batch_norm, dropout=config.dropout)
+        if init_folder is not None:  # a resumed run then restores its later weights from backup/
+            from .inference import MODEL_FILE, load_keras_model
+
+            model.set_weights(load_keras_model(init_folder / MODEL_FILE).get_weights())
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss=make_loss(config.loss, config.loss_balance, config.focal_alpha,
                                      config.focal_gamma, use_fov=config.use_fov_in_loss),
@@ -371,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="batches per epoch (default: one pass over the training images)")
     parser.add_argument("--budget-minutes", type=float,
                         help="stop after this much wall-clock time (best model kept)")
+    parser.add_argument("--init-from", metavar="RUN",
+                        help="fine-tune: start from a finished run's weights, or 'pretrained' "
+                             "for the model shipped in the package (same network and "
+                             "preprocessing required)")
     parser.add_argument("--seed", type=int, help="seed of weights, shuffling and augmentation")
     parser.add_argument("--run-name", help="suffix of the run folder's name")
     parser.add_argument("--runs-dir", help="parent folder of run folders (artifacts/runs)")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..cli import run_cli
 from ..config import TrainConfig, load_config
-from ..errors import DatasetError
+from ..errors import ConfigError, DatasetError
 from ..io import write_text_atomic
 from ..outputs import new_folder
 from .accuracy import (
@@ -57,8 +57,10 @@ def preprocess_all(datasets: Path, out: Path, config: TrainConfig,
 
 def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | Path | None = None,
                              train_new: bool = False, recipe: str | Path | None = None,
-                             tta: bool = False, progress: bool = True) -> dict:
-    """Test the shipped model (or `run`, or a newly trained one) on each dataset's test split."""
+                             tta: bool = False, progress: bool = True,
+                             init_from: str | None = None) -> dict:
+    """Test the shipped model (or `run`, or a newly trained one) on each dataset's test split;
+    `init_from` (a run or "pretrained") makes the new one a fine-tuning of it."""
     from ..train import train
 
     out = Path(out)
@@ -68,7 +70,7 @@ def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | P
     results: dict = {"recipe": str(recipe_path), "protocol": PROTOCOL, "tests": {}}
     if train_new:
         config = replace(config, data=",".join(str(f) for f in folders.values()),
-                         runs_dir=str(out / "runs"))
+                         runs_dir=str(out / "runs"), init_from=init_from or config.init_from)
         run = train(config, progress=progress)
         results.update(training_facts(run))
     results["model"] = str(run) if run else "shipped pretrained model"
@@ -130,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train", action="store_true",
                         help="train a new model from the recipe first, then test it")
     parser.add_argument("--recipe", help="TrainConfig JSON (default recipes/pretrained.json)")
+    parser.add_argument("--init-from", metavar="RUN",
+                        help="with --train: fine-tune RUN (or 'pretrained') instead of starting "
+                             "from random weights")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     parser.add_argument("--out", help="output folder (default: new folder in artifacts/benchmarks)")
     parser.add_argument("--ship", metavar="RUN",
@@ -144,8 +149,10 @@ def _main(args: argparse.Namespace) -> int:
         print(f"shipped {args.ship} -> {ship(args.ship, PRETRAINED_DIR)}")
         return 0
     out = Path(args.out) if args.out else new_folder("artifacts/benchmarks", "pretrained")
+    if args.init_from and not args.train:
+        raise ConfigError("--init-from only applies with --train")
     results = run_pretrained_benchmark(args.datasets, out, args.run, args.train, args.recipe,
-                                       args.tta)
+                                       args.tta, init_from=args.init_from)
     print(markdown_table(results))
     print(f"protocol: {PROTOCOL}\nresults: {out / 'results.json'}")
     return 0
