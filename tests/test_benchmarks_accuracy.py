@@ -27,3 +27,10 @@ def test_pretrained_table_names_the_model_it_tested():
     run = pretrained_table({"model": "/x/runs/20261124_mix", "tests": {"drive": {**test,
                                                                              "tta": True}}})
     assert "| run 20261124_mix + TTA |" in run
+
+
+def test_pretrained_benchmark_refuses_init_from_without_train(capsys):
+    from vesselseg.benchmarks.pretrained import main
+
+    assert main(["--init-from", "pretrained"]) != 0
+    assert "--init-from only applies with --train" in capsys.readouterr().err

@@ -227,3 +227,21 @@ def test_fine_tuning_from_a_folder_without_a_model_names_it(synthetic_preprocess
     code = main(["--data", str(synthetic_preprocessed), "--runs-dir", str(tmp_path / "runs"),
                  "--init-from", str(tmp_path)])
     assert code != 0 and f"{tmp_path} is not a run folder" in capsys.readouterr().err
+
+
+def test_fine_tuning_the_shipped_model(make_synthetic_dataset, tmp_path):
+    from vesselseg.config import PreprocessConfig
+    from vesselseg.inference import PRETRAINED_DIR
+    from vesselseg.preprocess import preprocess_dataset
+
+    shipped = load_config(TrainConfig, PRETRAINED_DIR / "config.json")
+    data, settings = tmp_path / "data", PreprocessConfig(
+        enhancement=shipped.preprocess.enhancement, val_fraction=0.25)
+    preprocess_dataset("folder", make_synthetic_dataset(count=4, size=160), data, settings,
+                       progress=False)
+    config = replace(shipped, data=str(data), runs_dir=str(tmp_path / "runs"), preprocess=settings,
+                     init_from="pretrained", epochs=1, steps_per_epoch=1, batch_size=1,
+                     budget_minutes=0.0)
+    run = train(config, progress=False)
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert load_config(TrainConfig, run / "config.json").init_from == "pretrained"
