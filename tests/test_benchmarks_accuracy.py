@@ -29,8 +29,10 @@ def test_pretrained_table_names_the_model_it_tested():
     assert "| run 20261124_mix + TTA |" in run
 
 
-def test_pretrained_benchmark_refuses_init_from_without_train(capsys):
+def test_pretrained_benchmark_refuses_init_from_without_train(capsys, tmp_path, monkeypatch):
     from vesselseg.benchmarks.pretrained import main
 
+    monkeypatch.chdir(tmp_path)
     assert main(["--init-from", "pretrained"]) != 0
     assert "--init-from only applies with --train" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no output folder made

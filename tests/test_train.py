@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -198,15 +199,20 @@ def test_rethreshold_refuses_an_unfinished_run(tiny_run, tmp_path, capsys):
 
 def test_fine_tuning_starts_from_the_given_runs_weights(tiny_run, synthetic_preprocessed,
                                                         tmp_path):
-    from vesselseg.inference import load_keras_model
-
     config = replace(load_config(TrainConfig, tiny_run / "config.json"), runs_dir=str(tmp_path),
                      init_from=str(tiny_run), epochs=1, steps_per_epoch=1, learning_rate=1e-9)
     run = train(config, progress=False)
     assert load_config(TrainConfig, run / "config.json").init_from == str(tiny_run)
-    before = load_keras_model(tiny_run / "best.keras").get_weights()
-    after = load_keras_model(run / "best.keras").get_weights()
-    # a vanishing learning rate: only BatchNorm's moving statistics may move
+    _assert_same_kernels(tiny_run / "best.keras", run / "best.keras")
+
+
+def _assert_same_kernels(before_file, after_file):
+    """After training at a vanishing learning rate only BatchNorm's moving statistics move: the
+    convolution kernels must be the starting model's."""
+    from vesselseg.inference import load_keras_model
+
+    before = load_keras_model(before_file).get_weights()
+    after = load_keras_model(after_file).get_weights()
     assert all(a.shape == b.shape for a, b in zip(before, after))
     kernels = [(a, b) for a, b in zip(before, after) if a.ndim == 4]
     assert kernels and all(abs(a - b).max() < 1e-6 for a, b in kernels)
@@ -241,7 +247,20 @@ def test_fine_tuning_the_shipped_model(make_synthetic_dataset, tmp_path):
                        progress=False)
     config = replace(shipped, data=str(data), runs_dir=str(tmp_path / "runs"), preprocess=settings,
                      init_from="pretrained", epochs=1, steps_per_epoch=1, batch_size=1,
-                     budget_minutes=0.0)
+                     budget_minutes=0.0, lr_schedule="plateau", learning_rate=1e-9)
     run = train(config, progress=False)
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert load_config(TrainConfig, run / "config.json").init_from == "pretrained"
+    _assert_same_kernels(PRETRAINED_DIR / "best.keras", run / "best.keras")
+
+
+def test_fine_tuning_refuses_an_unfinished_run(tiny_run, synthetic_preprocessed, tmp_path,
+                                               capsys):
+    unfinished = shutil.copytree(tiny_run, tmp_path / "unfinished")
+    status = json.loads((unfinished / "status.json").read_text())
+    (unfinished / "status.json").write_text(json.dumps({**status, "state": "running"}))
+    code = main(["--data", str(synthetic_preprocessed), "--runs-dir", str(tmp_path / "runs"),
+                 "--base-filters", "4", "--depth", "2", "--init-from", str(unfinished)])
+    assert code != 0
+    assert "says the run is running, not finished" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -58,6 +58,8 @@ def merged_manifest(folders: list[str]):
 def config_fingerprint(config: TrainConfig) -> str:
     data = to_dict(config)
     data.pop("runs_dir", None)
+    if not data.get("init_from"):  # runs from before fine-tuning existed keep their fingerprint
+        data.pop("init_from", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -217,6 +219,10 @@ def init_run_folder(init_from: str) -> Path:
     if not (folder / MODEL_FILE).exists() or not (folder / "config.json").exists():
         raise ConfigError(f"init_from: {folder} is not a run folder (it needs {MODEL_FILE} and "
                           f"config.json); give a finished run or 'pretrained'")
+    state = _read_status(folder).get("state")
+    if state != "finished":
+        raise ConfigError(f"init_from: {folder / STATUS_FILE} says the run is "
+                          f"{state or 'of unknown state'}, not finished; give a finished run")
     return folder
 
 
@@ -233,11 +239,14 @@ def check_init_compatible(config: TrainConfig, init: TrainConfig, folder: Path) 
                           f"fine-tuning needs the same network and preprocessing")
 
 
-def checked_init_folder(config: TrainConfig) -> Path:
-    """The run to fine-tune from, once checked to fit this run."""
+def checked_init_weights(config: TrainConfig) -> list:
+    """The weights to fine-tune from, read and checked to fit this run (before any run folder
+    exists, so a bad starting run leaves nothing behind)."""
+    from .inference import MODEL_FILE, load_keras_model
+
     folder = init_run_folder(config.init_from)
     check_init_compatible(config, load_config(TrainConfig, folder / "config.json"), folder)
-    return folder
+    return load_keras_model(folder / MODEL_FILE).get_weights()
 
 
 def train(config: TrainConfig, devices: list[str] | None = None, progress: bool = True) -> Path:
@@ -260,7 +269,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
                           f"preprocess them alike (same --size, --enhancement, cropping)")
     check_preprocessing(config.preprocess, settings[0], folders[0])
     config = replace(config, preprocess=settings[0])
-    init_folder = checked_init_folder(config) if config.init_from else None  # before any run folder
+    init_weights = checked_init_weights(config) if config.init_from else None
     manifest = merged_manifest(folders)
     train_rows, val_rows = split_rows(manifest, "train"), split_rows(manifest, "val")
 
@@ -293,10 +302,8 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     with strategy.scope():
         model = get_model(config.architecture, base_filters=config.base_filters, depth=config.depth,
                           batch_norm=config.batch_norm, dropout=config.dropout)
-        if init_folder is not None:  # a resumed run then restores its later weights from backup/
-            from .inference import MODEL_FILE, load_keras_model
-
-            model.set_weights(load_keras_model(init_folder / MODEL_FILE).get_weights())
+        if init_weights is not None:  # a resumed run then restores its later weights (backup/)
+            model.set_weights(init_weights)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss=make_loss(config.loss, config.loss_balance, config.focal_alpha,
                                      config.focal_gamma, use_fov=config.use_fov_in_loss),

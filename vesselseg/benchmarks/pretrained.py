@@ -61,8 +61,10 @@ def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | P
                              init_from: str | None = None) -> dict:
     """Test the shipped model (or `run`, or a newly trained one) on each dataset's test split;
     `init_from` (a run or "pretrained") makes the new one a fine-tuning of it."""
-    from ..train import train
+    from ..train import init_run_folder, train
 
+    if init_from:
+        init_run_folder(init_from)  # a wrong folder fails now, not after preprocessing
     out = Path(out)
     recipe_path = Path(recipe) if recipe else RECIPES / "pretrained.json"
     config = load_config(TrainConfig, recipe_path)
@@ -148,9 +150,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.ship:
         print(f"shipped {args.ship} -> {ship(args.ship, PRETRAINED_DIR)}")
         return 0
-    out = Path(args.out) if args.out else new_folder("artifacts/benchmarks", "pretrained")
     if args.init_from and not args.train:
         raise ConfigError("--init-from only applies with --train")
+    out = Path(args.out) if args.out else new_folder("artifacts/benchmarks", "pretrained")
     results = run_pretrained_benchmark(args.datasets, out, args.run, args.train, args.recipe,
                                        args.tta, init_from=args.init_from)
     print(markdown_table(results))
