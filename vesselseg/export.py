@@ -104,20 +104,6 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _run_files(run: str | Path):
-    """(run folder, model path, TrainConfig) of a run folder, with clear errors."""
-    from .config import TrainConfig, load_config
-    from .inference import CONFIG_FILE, MODEL_FILE
-
-    run = Path(run)
-    if not run.is_dir():
-        raise ModelLoadError(f"{run}: run folder does not exist")
-    for name in (MODEL_FILE, CONFIG_FILE):
-        if not (run / name).exists():
-            raise ModelLoadError(f"{run}: not a vesselseg run folder (no {name})")
-    return run, run / MODEL_FILE, load_config(TrainConfig, run / CONFIG_FILE)
-
-
 # -- runtimes --------------------------------------------------------------------------------
 def _need(module: str, what: str):
     import importlib
@@ -388,11 +374,11 @@ def _format_diffs(diffs: dict[str, float]) -> str:
 def export_run(run: str | Path, fmt: str, out: str | Path | None = None, overwrite: bool = False,
                opset: int = DEFAULT_OPSET, tolerance: float = TOLERANCE) -> ExportResult:
     """Export, verify against Keras, then publish atomically; the result carries the diffs."""
-    from .inference import load_keras_model
+    from .inference import load_keras_model, run_files
 
     check_format(fmt)
     start = time.monotonic()
-    run, model_path, config = _run_files(run)
+    run, model_path, config = run_files(run)
     size = int(config.preprocess.size)
     target = Path(out) if out is not None else default_export_path(run, fmt)
     _check_target(target, fmt, overwrite)
@@ -495,7 +481,9 @@ def runner_for_run(run: str | Path, fmt: str, export_if_missing: bool = True) ->
     An export whose sidecar says it came from another best.keras than the run's current one is
     refused as stale (re-export it with --overwrite).
     """
-    run, model_path, _ = _run_files(run)
+    from .inference import run_files
+
+    run, model_path, _ = run_files(run)
     path = default_export_path(run, fmt)
     if not path.exists():
         if not export_if_missing:

@@ -52,6 +52,17 @@ class Prediction:
         return float(self.mask.sum() / max(1, self.fov.sum()))
 
 
+def run_files(run: str | Path) -> tuple[Path, Path, TrainConfig]:
+    """(run folder, model path, TrainConfig) of a run folder, with clear errors."""
+    run = Path(run)
+    if not run.is_dir():
+        raise ModelLoadError(f"{run}: run folder does not exist")
+    for name in (MODEL_FILE, CONFIG_FILE):
+        if not (run / name).exists():
+            raise ModelLoadError(f"{run}: not a vesselseg run folder (no {name})")
+    return run, run / MODEL_FILE, load_config(TrainConfig, run / CONFIG_FILE)
+
+
 def load_keras_model(path: str | Path):
     """Load a .keras file in safe mode: a file carrying code (Lambda layers...) is refused."""
     import keras
@@ -155,13 +166,7 @@ class Segmenter:
         if precision == "bfloat16" and backend != "keras":
             raise ConfigError(f"precision: bfloat16 runs with the keras backend only, not "
                               f"{backend!r} (exports are float32)")
-        run = Path(run)
-        if not run.is_dir():
-            raise ModelLoadError(f"{run}: run folder does not exist")
-        for name in (MODEL_FILE, CONFIG_FILE):
-            if not (run / name).exists():
-                raise ModelLoadError(f"{run}: not a vesselseg run folder (no {name})")
-        config = load_config(TrainConfig, run / CONFIG_FILE)
+        run, _, config = run_files(run)
         threshold = kwargs.pop("threshold", None)
         if threshold is None:
             threshold = read_threshold(run)

@@ -211,19 +211,23 @@ def check_preprocessing(asked: PreprocessConfig, used: PreprocessConfig, folder:
 ARCHITECTURE_KEYS = ("architecture", "base_filters", "depth", "batch_norm", "dropout")
 
 
-def init_run_folder(init_from: str) -> Path:
-    """The run folder named by `init_from` ("pretrained": the model shipped in the package)."""
-    from .inference import MODEL_FILE, PRETRAINED_DIR
+def starting_run(init_from: str) -> tuple[Path, Path, TrainConfig]:
+    """(folder, model path, config) of the finished run named by `init_from` ("pretrained": the
+    model shipped in the package)."""
+    from .errors import ModelLoadError
+    from .inference import PRETRAINED_DIR, run_files
 
     folder = PRETRAINED_DIR if init_from == "pretrained" else Path(init_from)
-    if not (folder / MODEL_FILE).exists() or not (folder / "config.json").exists():
-        raise ConfigError(f"init_from: {folder} is not a run folder (it needs {MODEL_FILE} and "
-                          f"config.json); give a finished run or 'pretrained'")
+    try:
+        files = run_files(folder)
+    except ModelLoadError as exc:
+        raise ConfigError(f"init_from: {folder} is not a run folder ({exc}); give a finished "
+                          f"run or 'pretrained'") from None
     state = _read_status(folder).get("state")
     if state != "finished":
         raise ConfigError(f"init_from: {folder / STATUS_FILE} says the run is "
                           f"{state or 'of unknown state'}, not finished; give a finished run")
-    return folder
+    return files
 
 
 def check_init_compatible(config: TrainConfig, init: TrainConfig, folder: Path) -> None:
@@ -242,11 +246,11 @@ def check_init_compatible(config: TrainConfig, init: TrainConfig, folder: Path) 
 def checked_init_weights(config: TrainConfig) -> list:
     """The weights to fine-tune from, read and checked to fit this run (before any run folder
     exists, so a bad starting run leaves nothing behind)."""
-    from .inference import MODEL_FILE, load_keras_model
+    from .inference import load_keras_model
 
-    folder = init_run_folder(config.init_from)
-    check_init_compatible(config, load_config(TrainConfig, folder / "config.json"), folder)
-    return load_keras_model(folder / MODEL_FILE).get_weights()
+    folder, model_path, init = starting_run(config.init_from)
+    check_init_compatible(config, init, folder)
+    return load_keras_model(model_path).get_weights()
 
 
 def train(config: TrainConfig, devices: list[str] | None = None, progress: bool = True) -> Path:

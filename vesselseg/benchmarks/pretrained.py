@@ -61,10 +61,10 @@ def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | P
                              init_from: str | None = None) -> dict:
     """Test the shipped model (or `run`, or a newly trained one) on each dataset's test split;
     `init_from` (a run or "pretrained") makes the new one a fine-tuning of it."""
-    from ..train import init_run_folder, train
+    from ..train import starting_run, train
 
     if init_from:
-        init_run_folder(init_from)  # a wrong folder fails now, not after preprocessing
+        starting_run(init_from)  # a wrong folder fails now, not after preprocessing
     out = Path(out)
     recipe_path = Path(recipe) if recipe else RECIPES / "pretrained.json"
     config = load_config(TrainConfig, recipe_path)
