@@ -62,13 +62,22 @@ class AugmentConfig:
     flips: bool = True
     rot90: bool = True
     rotation_degrees: float = 15.0
-    scale_range: float = 0.15  # zoom factor in [1 - r, 1 + r]
+    scale_range: float = 0.15  # zoom factor in [zoom - r, zoom + r]
+    # mean magnification: above 1 trains the model on a larger view of the photo, to match a
+    # run's `working_size` above the training size (e.g. 1.125 for 576 with 512 windows)
+    zoom: float = 1.0
+    pan: bool = False  # a magnified view moves across the photo instead of staying centred
     brightness: float = 0.15
     contrast: float = 0.25
     gamma: float = 0.25
     hue: float = 0.03
     saturation: float = 0.2
     blur_probability: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.scale_range < self.zoom:
+            raise ConfigError(f"scale_range: {self.scale_range} must be in [0, zoom = "
+                              f"{self.zoom}) so every zoom factor stays positive")
 
 
 @dataclass
@@ -102,6 +111,9 @@ class TrainConfig:
     cache: bool = True
     use_fov_in_loss: bool = True
     init_from: str = ""  # fine-tune from this run's weights ("pretrained": the shipped model)
+    # the size the FOV crop is resized to at test and eval (the model runs on it whole, being
+    # fully convolutional); 0: the training size. Pair a larger one with `augment.zoom`.
+    working_size: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
@@ -113,6 +125,10 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule: {self.lr_schedule!r} is not one of "
                               f"{', '.join(LR_SCHEDULES)}")
+        if self.working_size and (self.working_size < self.preprocess.size
+                                  or self.working_size % 32):
+            raise ConfigError(f"working_size: {self.working_size} must be 0 or a multiple of 32 "
+                              f"of at least preprocess.size ({self.preprocess.size})")
         for name in ("epochs", "batch_size", "base_filters", "depth"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")

@@ -35,6 +35,8 @@ BACKENDS = ("keras", "onnx", "tflite")
 INFERENCE_PRECISIONS = ("auto", "float32", "bfloat16")
 #: The shipped model's default: measured to keep its test figures (README "Speed").
 PRETRAINED_PRECISION = "auto"
+#: The Keras model runs a working image whole up to this multiple of its training size
+WHOLE_IMAGE_MAX_SCALE = 1.5
 #: A runner: float32 batch [N, S, S, 3] (RGB / 255) -> vessel probabilities float32 [N, S, S].
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -167,6 +169,8 @@ class Segmenter:
             raise ConfigError(f"precision: bfloat16 runs with the keras backend only, not "
                               f"{backend!r} (exports are float32)")
         run, _, config = run_files(run)
+        if kwargs.get("working_size") is None:  # the size the run was trained to work at
+            kwargs["working_size"] = config.working_size or None
         threshold = kwargs.pop("threshold", None)
         if threshold is None:
             threshold = read_threshold(run)
@@ -208,8 +212,19 @@ class Segmenter:
         model_image, _, box = to_model_input(image, fov, self.preprocess, self.working_size)
         return model_image.astype(np.float32) / 255.0, fov, box
 
-    def _predict_inputs(self, batch: np.ndarray) -> np.ndarray:
+    @property
+    def runs_whole(self) -> bool:
+        """True when the model runs on the whole working image at once. The Keras model is fully
+        convolutional, so a working size up to WHOLE_IMAGE_MAX_SCALE x the training size costs
+        only its extra pixels (576: 1.27x, not the 4 windows of tiling); exports have a fixed
+        input size and larger sizes would need too much memory, so those use windows."""
         if self.working_size == self.preprocess.size:
+            return True
+        return (self.backend == "keras"
+                and self.working_size <= WHOLE_IMAGE_MAX_SCALE * self.preprocess.size)
+
+    def _predict_inputs(self, batch: np.ndarray) -> np.ndarray:
+        if self.runs_whole:
             return self._predict_tensor(batch)
         return np.stack([self._predict_tiled(x) for x in batch])
 
@@ -358,9 +373,10 @@ def add_inference_arguments(parser) -> None:
                              "(RUN/export/, made on first use, so the run folder must be "
                              "writable; ONNX needs pip install \"vesselseg[export]\")")
     parser.add_argument("--working-size", type=int,
-                        help="run the model on an NxN version of the FOV crop, in overlapping "
+                        help="run the model on an NxN version of the FOV crop: whole up to "
+                             "1.5x the training size (Keras backend), else in overlapping "
                              "windows of the training size (e.g. 1024 for large photos; default: "
-                             "the training size, one window)")
+                             "the run's working_size, else the training size)")
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS,
                         help="compute precision of the Keras model: bfloat16 is faster on CPUs "
                              "with AVX512-BF16 or AMX; auto = bfloat16 there (without a GPU), "

@@ -36,13 +36,14 @@ def _decode(image_path, vessels_path, fov_path, gray=False):
     return image, target
 
 
-def _affine(stack, angle, scale, size):
-    """Rotate by `angle` (radians) and zoom by `scale` about the centre, bilinear, zero fill."""
+def _affine(stack, angle, scale, size, shift=(0.0, 0.0)):
+    """Rotate by `angle` (radians) and zoom by `scale` about the centre moved by `shift`
+    (pixels of the input), bilinear, zero fill."""
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
     centre = (tf.cast(size, tf.float32) - 1.0) / 2.0
     # output->input mapping: x_in = a0 x + a1 y + a2, y_in = b0 x + b1 y + b2
-    a2 = centre - cos * centre + sin * centre
-    b2 = centre - sin * centre - cos * centre
+    a2 = centre - cos * centre + sin * centre + shift[0]
+    b2 = centre - sin * centre - cos * centre + shift[1]
     transform = tf.stack([cos, -sin, a2, sin, cos, b2, 0.0, 0.0])[None]
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=stack[None], transforms=transform, output_shape=tf.shape(stack)[:2],
@@ -60,10 +61,17 @@ def augment(image, target, seed, config: AugmentConfig):
     if config.rot90:
         k = tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32)
         stack = tf.image.rot90(stack, k)
-    if config.rotation_degrees or config.scale_range:
+    if config.rotation_degrees or config.scale_range or config.zoom != 1.0:
         angle = uniform(3, -config.rotation_degrees, config.rotation_degrees) * math.pi / 180.0
-        scale = uniform(4, 1.0 - config.scale_range, 1.0 + config.scale_range)
-        stack = _affine(stack, angle, scale, tf.shape(stack)[0])
+        scale = uniform(4, config.zoom - config.scale_range, config.zoom + config.scale_range)
+        size = tf.shape(stack)[0]
+        shift = (0.0, 0.0)
+        if config.pan:  # the view (size / scale wide) may sit anywhere inside the photo
+            room = tf.maximum(1.0 - 1.0 / scale, 0.0) * tf.cast(size, tf.float32) / 2.0
+            pan_seeds = tf.random.experimental.stateless_split(seeds[4], num=2)
+            shift = tuple(tf.random.stateless_uniform([], s, -1.0, 1.0) * room
+                          for s in pan_seeds)
+        stack = _affine(stack, angle, scale, size, shift)
     image, vessels, fov = stack[..., :-2], stack[..., -2:-1], stack[..., -1:]
     vessels = tf.cast(vessels >= 0.5, tf.float32)
     fov = tf.cast(fov >= 0.5, tf.float32)

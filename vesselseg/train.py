@@ -55,11 +55,19 @@ def merged_manifest(folders: list[str]):
     return pd.concat([load_manifest(folder) for folder in folders], ignore_index=True)
 
 
+# settings added after the first runs, with the value that leaves a run as it was
+LATER_SETTINGS = {"init_from": "", "working_size": 0, "augment.zoom": 1.0, "augment.pan": False}
+
+
 def config_fingerprint(config: TrainConfig) -> str:
     data = to_dict(config)
     data.pop("runs_dir", None)
-    if not data.get("init_from"):  # runs from before fine-tuning existed keep their fingerprint
-        data.pop("init_from", None)
+    # runs from before these settings existed keep their fingerprint while they are unused
+    for key, unused in LATER_SETTINGS.items():
+        section, _, name = key.rpartition(".")
+        holder = data.get(section, {}) if section else data
+        if name in holder and holder[name] == unused:
+            holder.pop(name)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
