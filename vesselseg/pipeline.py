@@ -69,8 +69,8 @@ def augment(image, target, seed, config: AugmentConfig):
         if config.pan:  # the view (size / scale wide) may sit anywhere inside the photo
             room = tf.maximum(1.0 - 1.0 / scale, 0.0) * tf.cast(size, tf.float32) / 2.0
             pan_seeds = tf.random.experimental.stateless_split(seeds[4], num=2)
-            shift = tuple(tf.random.stateless_uniform([], s, -1.0, 1.0) * room
-                          for s in pan_seeds)
+            shift = (tf.random.stateless_uniform([], pan_seeds[0], -1.0, 1.0) * room,
+                     tf.random.stateless_uniform([], pan_seeds[1], -1.0, 1.0) * room)
         stack = _affine(stack, angle, scale, size, shift)
     image, vessels, fov = stack[..., :-2], stack[..., -2:-1], stack[..., -1:]
     vessels = tf.cast(vessels >= 0.5, tf.float32)
