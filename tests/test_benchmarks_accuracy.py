@@ -27,6 +27,12 @@ def test_pretrained_table_names_the_model_it_tested():
     run = pretrained_table({"model": "/x/runs/20261124_mix", "tests": {"drive": {**test,
                                                                              "tta": True}}})
     assert "| run 20261124_mix + TTA |" in run
+    larger = pretrained_table({"model": "shipped pretrained model", "tests": {"drive": {
+        **test, "working_size": 576, "training_size": 512}}})
+    assert "| vesselseg pretrained at 576 |" in larger
+    own_size = pretrained_table({"model": "shipped pretrained model", "tests": {"drive": {
+        **test, "working_size": 512, "training_size": 512}}})
+    assert "| vesselseg pretrained |" in own_size
 
 
 def test_pretrained_benchmark_refuses_init_from_without_train(capsys, tmp_path, monkeypatch):

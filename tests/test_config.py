@@ -99,6 +99,9 @@ def test_wrong_type_names_the_key(data, key):
     ({"preprocess": {"val_fraction": 1.0}}, "preprocess.val_fraction"),
     ({"preprocess": {"augment": -1}}, "preprocess.augment"),
     ({"preprocess": {"clahe_tiles": 0}}, "preprocess.clahe_tiles"),
+    ({"augment": {"zoom": 1.1, "scale_range": 1.2}}, "augment.scale_range"),
+    ({"working_size": 500}, "working_size"),
+    ({"working_size": 256, "preprocess": {"size": 512}}, "working_size"),
 ])
 def test_invalid_values_name_the_key(data, key):
     message = config_error(TrainConfig, data)

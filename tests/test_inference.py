@@ -69,8 +69,32 @@ def test_tiled_prediction_agrees_with_whole_image_inside_tiles():
     assert tiled.shape == full.shape
 
 
+def test_a_runs_working_size_is_its_default_and_runs_whole(tiny_run, tmp_path):
+    """A run trained to work at a larger size (working_size) is tested and used at that size,
+    in one piece through the fully convolutional model, unless the caller asks otherwise."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    size = config["preprocess"]["size"]
+    config["working_size"] = size + 32
+    (run / "config.json").write_text(json.dumps(config))
+    segmenter = Segmenter.from_run(run)
+    assert segmenter.working_size == size + 32 and segmenter.runs_whole
+    assert Segmenter.from_run(run, working_size=size).working_size == size
+    fundus = generate_fundus(4, 200)
+    model_input, fov, box = segmenter.prepare(fundus.image, fundus.fov)
+    assert model_input.shape[:2] == (size + 32, size + 32)
+    direct = np.asarray(segmenter.model(model_input[None], training=False))[0, ..., 0]
+    assert np.allclose(segmenter._predict_inputs(model_input[None])[0], direct, atol=1e-5)
+    assert segmenter.predict(fundus.image, fundus.fov).probability.shape == (200, 200)
+
+
 def test_large_working_size_uses_tiles(tiny_run):
     segmenter = Segmenter.from_run(tiny_run, working_size=256)
+    assert not segmenter.runs_whole  # 2x the training size: windows bound the memory
     fundus = generate_fundus(3, 300)
     prediction = segmenter.predict(fundus.image)
     assert prediction.probability.shape == (300, 300)

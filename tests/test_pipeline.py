@@ -102,3 +102,34 @@ def test_steps_per_epoch():
     rows = pd.DataFrame({"a": range(17)})
     assert steps_per_epoch(rows, 4) == 5
     assert steps_per_epoch(rows, 4, requested=20) == 20
+
+
+def _gradient_views(zoom: float, pan: bool, count: int = 8) -> list[float]:
+    """Mean brightness of augmented views of a left-dark, right-bright image."""
+    image = tf.constant(np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None],
+                                (64, 1, 3)))
+    config = AugmentConfig(flips=False, rot90=False, rotation_degrees=0, scale_range=0.0,
+                           zoom=zoom, pan=pan, brightness=0, contrast=0, gamma=0, hue=0,
+                           saturation=0)
+    return [float(tf.reduce_mean(augment(image, tf.ones((64, 64, 2)),
+                                          tf.constant([0, index], tf.int64), config)[0]))
+            for index in range(count)]
+
+
+def test_zoom_magnifies_about_the_centre_and_pan_moves_the_view():
+    centred = _gradient_views(zoom=2.0, pan=False)
+    assert np.allclose(centred, 0.5, atol=0.01)  # the middle half, still symmetric
+    panned = _gradient_views(zoom=2.0, pan=True)
+    # a 2x view is half the image wide: its centre moves by up to a quarter either way
+    assert min(panned) < 0.4 and max(panned) > 0.6
+    assert all(0.25 - 0.01 <= mean <= 0.75 + 0.01 for mean in panned)
+
+
+def test_zoom_runs_the_affine_step_without_other_geometry():
+    """zoom alone (no rotation, no scale range) still magnifies."""
+    image = tf.constant(np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None],
+                                (64, 1, 3)))
+    config = AugmentConfig(flips=False, rot90=False, rotation_degrees=0, scale_range=0.0,
+                           zoom=2.0, brightness=0, contrast=0, gamma=0, hue=0, saturation=0)
+    out = augment(image, tf.ones((64, 64, 2)), tf.constant([0, 0], tf.int64), config)[0]
+    assert abs(float(out[0, 0, 0]) - 0.25) < 0.02 and abs(float(out[0, -1, 0]) - 0.75) < 0.02

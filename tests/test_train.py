@@ -264,3 +264,25 @@ def test_fine_tuning_refuses_an_unfinished_run(tiny_run, synthetic_preprocessed,
     assert code != 0
     assert "says the run is running, not finished" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_settings_added_later_keep_old_runs_fingerprints():
+    """A run started before working_size/zoom/pan/init_from existed must still be found and
+    resumed: those settings count only once they are used."""
+    import hashlib
+
+    from vesselseg.config import AugmentConfig, to_dict
+    from vesselseg.train import config_fingerprint
+
+    config = TrainConfig(run_name="old")
+    old_style = to_dict(config)
+    for key in ("runs_dir", "init_from", "working_size"):
+        old_style.pop(key)
+    old_style["augment"].pop("zoom")
+    old_style["augment"].pop("pan")
+    expected = hashlib.sha256(json.dumps(old_style, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_fingerprint(config) == expected
+    for changed in (replace(config, working_size=576),
+                    replace(config, augment=AugmentConfig(zoom=1.125)),
+                    replace(config, augment=AugmentConfig(pan=True))):
+        assert config_fingerprint(changed) != expected

@@ -165,6 +165,7 @@ def _main(args: argparse.Namespace) -> int:
             {"model": segmenter.source, "backend": segmenter.backend,
              "threshold": segmenter.threshold, "tta": segmenter.tta,
              "compute_precision": segmenter.compute_precision,
+             "working_size": segmenter.working_size,
              "results": [{"image": str(r.path), "vessel_density": r.vessel_density,
                           "error": r.error} for r in results]}, indent=2) + "\n")
     except OSError:

@@ -131,6 +131,7 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
         "threshold": segmenter.threshold,
         "tta": segmenter.tta,
         "compute_precision": segmenter.compute_precision,
+        "working_size": segmenter.working_size,
         "model": segmenter.source,
         "images": len(evaluator.rows),
         "fov": sorted({i.fov_source for i in items}),
@@ -227,7 +228,8 @@ def _main(args: argparse.Namespace) -> int:
         print(f"warning: {note}", file=sys.stderr)
     print(format_table(report.table))
     print(f"\n{PROTOCOL}; threshold {segmenter.threshold:.3f}" + (", flip TTA" if args.tta else "")
-          + f"; computed in {segmenter.compute_precision}")
+          + f"; computed in {segmenter.compute_precision}"
+          + f"; FOV crop at {segmenter.working_size}x{segmenter.working_size}")
     threshold, f1 = report.fitted_threshold
     print(f"fitted on these images: threshold {threshold:.3f} (F1 {f1:.4f}, each image weighing "
           f"the same); pass it as --threshold only if these are validation images")

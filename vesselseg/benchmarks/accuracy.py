@@ -69,15 +69,18 @@ def training_facts(run: Path) -> dict:
 
 
 def evaluate_run(run: str | Path | None, data: Path, out: Path, tta: bool = False,
-                 progress: bool = True) -> dict:
-    """Test a run (None: the shipped model) on the test split of a preprocessed folder."""
+                 progress: bool = True, working_size: int | None = None) -> dict:
+    """Test a run (None: the shipped model) on the test split of a preprocessed folder, at
+    `working_size` (default: the model's own)."""
     from ..inference import Segmenter
     from ..test import items_from_manifest, run_test
 
-    segmenter = Segmenter.from_run(run, tta=tta) if run else Segmenter.pretrained(tta=tta)
+    options = {"tta": tta, "working_size": working_size}
+    segmenter = Segmenter.from_run(run, **options) if run else Segmenter.pretrained(**options)
     report = run_test(segmenter, items_from_manifest(data), out, progress=progress)
     return {"threshold": segmenter.threshold, "tta": tta,
             "compute_precision": segmenter.compute_precision,
+            "working_size": segmenter.working_size, "training_size": segmenter.preprocess.size,
             "test_images": len(report.table) - 3,
             "tests": str(report.out), "pooled": report.pooled, "protocol": PROTOCOL}
 

@@ -58,9 +58,11 @@ def preprocess_all(datasets: Path, out: Path, config: TrainConfig,
 def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | Path | None = None,
                              train_new: bool = False, recipe: str | Path | None = None,
                              tta: bool = False, progress: bool = True,
-                             init_from: str | None = None) -> dict:
+                             init_from: str | None = None,
+                             working_size: int | None = None) -> dict:
     """Test the shipped model (or `run`, or a newly trained one) on each dataset's test split;
-    `init_from` (a run or "pretrained") makes the new one a fine-tuning of it."""
+    `init_from` (a run or "pretrained") makes the new one a fine-tuning of it; `working_size`
+    overrides the model's own size for the tests."""
     from ..train import starting_run, train
 
     if init_from:
@@ -78,7 +80,7 @@ def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | P
     results["model"] = str(run) if run else "shipped pretrained model"
     for name, data in folders.items():
         tests = new_folder((Path(run) if run else out) / "tests", name)
-        results["tests"][name] = evaluate_run(run, data, tests, tta, progress)
+        results["tests"][name] = evaluate_run(run, data, tests, tta, progress, working_size)
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_text_atomic(out / "results.md", markdown_table(results))
     return results
@@ -92,8 +94,10 @@ def results_label(results: dict) -> str:
 def markdown_table(results: dict) -> str:
     lines = list(HEADER)
     for name, test in results["tests"].items():
+        size = test.get("working_size", test.get("training_size"))
         lines.append(metrics_row(f"{FOLDERS[name]} ({test['test_images']} images)",
-                                 results_label(results) + (" + TTA" if test["tta"] else ""),
+                                 results_label(results) + (" + TTA" if test["tta"] else "")
+                                 + (f" at {size}" if size != test.get("training_size") else ""),
                                  test["pooled"]))
     return "\n".join(lines) + "\n"
 
@@ -138,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --train: fine-tune RUN (or 'pretrained') instead of starting "
                              "from random weights")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--working-size", type=int, metavar="N",
+                        help="test with the FOV crop at NxN (default: the model's working size)")
     parser.add_argument("--out", help="output folder (default: new folder in artifacts/benchmarks)")
     parser.add_argument("--ship", metavar="RUN",
                         help="copy RUN's model into vesselseg/pretrained/ and exit")
@@ -154,7 +160,8 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError("--init-from only applies with --train")
     out = Path(args.out) if args.out else new_folder("artifacts/benchmarks", "pretrained")
     results = run_pretrained_benchmark(args.datasets, out, args.run, args.train, args.recipe,
-                                       args.tta, init_from=args.init_from)
+                                       args.tta, init_from=args.init_from,
+                                       working_size=args.working_size)
     print(markdown_table(results))
     print(f"protocol: {PROTOCOL}\nresults: {out / 'results.json'}")
     return 0
