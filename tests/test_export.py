@@ -221,3 +221,27 @@ def test_unknown_format_and_backend_are_clear_errors(run, capsys):
     assert args.backend == "onnx"
     assert export_main(["--run", str(run / "missing"), "--format", "onnx"]) == 1
     assert "run folder does not exist" in capsys.readouterr().err
+
+
+def test_a_run_with_a_working_size_is_exported_at_that_size(tiny_run, tmp_path):
+    """An export takes the run's working size whole, as the Keras model does, so switching the
+    backend changes neither the figures nor the amount of work."""
+    from vesselseg.datasets import generate_fundus
+    from vesselseg.errors import ConfigError
+    from vesselseg.inference import Segmenter
+
+    run = _copy_run(tiny_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    working = config["preprocess"]["size"] + 32
+    config["working_size"] = working
+    (run / "config.json").write_text(json.dumps(config))
+    photo = generate_fundus(5, 240).image
+    keras_segmenter = Segmenter.from_run(run)
+    onnx_segmenter = Segmenter.from_run(run, backend="onnx")
+    assert onnx_segmenter.window == working and onnx_segmenter.runs_whole
+    assert keras_segmenter.runs_whole
+    difference = np.abs(onnx_segmenter.predict(photo).probability
+                        - keras_segmenter.predict(photo).probability).max()
+    assert difference < TOLERANCE
+    with pytest.raises(ConfigError, match="smaller than the model's input size"):
+        Segmenter.from_run(run, backend="onnx", working_size=working - 32)

@@ -1,10 +1,10 @@
 """`python -m vesselseg.export --run RUN --format savedmodel|tflite|onnx`: export a trained model.
 
-The U-Net has open spatial dimensions; an export fixes them to the training size of the run
-(`preprocess.size` in its config.json), so every artifact takes a float32 batch
-[N, size, size, 3] of RGB values in [0, 1] (N is dynamic in all three formats) and gives vessel
-probabilities [N, size, size, 1]. The Segmenter feeds exactly such batches (it tiles larger
-working sizes), so an export can replace the Keras model: `Segmenter.from_run(run,
+The U-Net has open spatial dimensions; an export fixes them to the size the run works at
+(`working_size` in its config.json, else the training size `preprocess.size`), so every
+artifact takes a float32 batch [N, size, size, 3] of RGB values in [0, 1] (N is dynamic in all
+three formats) and gives vessel probabilities [N, size, size, 1]. The Segmenter feeds exactly
+such batches (it tiles larger working sizes), so an export can replace the Keras model: `Segmenter.from_run(run,
 backend="onnx")`.
 
 - savedmodel: Keras 3 `model.export(..., format="tf_saved_model")`; endpoint `serve`.
@@ -118,8 +118,8 @@ def _need(module: str, what: str):
 def _check_batch(batch: np.ndarray, size: int, what: str) -> np.ndarray:
     batch = np.ascontiguousarray(batch, dtype=np.float32)
     if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
-        raise ExportError(f"the {what} model takes [N, {size}, {size}, 3] inputs (the training "
-                          f"size is fixed at export); got {list(batch.shape)}")
+        raise ExportError(f"the {what} model takes [N, {size}, {size}, 3] inputs (the run's "
+                          f"working size is fixed at export); got {list(batch.shape)}")
     return batch
 
 
@@ -379,7 +379,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, overwri
     check_format(fmt)
     start = time.monotonic()
     run, model_path, config = run_files(run)
-    size = int(config.preprocess.size)
+    size = int(config.working_size or config.preprocess.size)
     target = Path(out) if out is not None else default_export_path(run, fmt)
     _check_target(target, fmt, overwrite)
     if fmt == "onnx":
@@ -511,8 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vesselseg.export",
         description="Export the best model of a training run as a TensorFlow SavedModel, a "
-                    "TFLite flatbuffer or an ONNX model, with a fixed input of the training size "
-                    "([N, size, size, 3] float32, dynamic N), then verify it against the Keras "
+                    "TFLite flatbuffer or an ONNX model, with a fixed input of the run's working size "
+                    "(else its training size; [N, size, size, 3] float32, dynamic N), then verify it against the Keras "
                     "model (max abs probability diff < 1e-3). ONNX needs "
                     f"{INSTALL_HINT}.")
     parser.add_argument("--run", required=True, help="run folder from vesselseg.train")

@@ -138,9 +138,9 @@ class Segmenter:
         self.threshold = float(threshold)
         self.tta = tta
         self.working_size = working_size or preprocess.size
-        if self.working_size < preprocess.size:
+        if self.working_size < self.window:
             raise ConfigError(f"working_size: {self.working_size} is smaller than the model's "
-                              f"input size {preprocess.size}")
+                              f"input size {self.window}")
         self.tile_overlap = tile_overlap
         self.batch_size = batch_size
         self.source = source
@@ -213,12 +213,18 @@ class Segmenter:
         return model_image.astype(np.float32) / 255.0, fov, box
 
     @property
+    def window(self) -> int:
+        """The side of the model's input windows: an export's fixed input size (the run's
+        working size when it was exported), else the training size."""
+        return int(getattr(self.runner, "size", self.preprocess.size))
+
+    @property
     def runs_whole(self) -> bool:
         """True when the model runs on the whole working image at once. The Keras model is fully
         convolutional, so a working size up to WHOLE_IMAGE_MAX_SCALE x the training size costs
-        only its extra pixels (576: 1.27x, not the 4 windows of tiling); exports have a fixed
-        input size and larger sizes would need too much memory, so those use windows."""
-        if self.working_size == self.preprocess.size:
+        only its extra pixels (576: 1.27x, not the 4 windows of tiling); an export takes its
+        fixed size whole, and larger sizes would need too much memory, so those use windows."""
+        if self.working_size == self.window:
             return True
         return (self.backend == "keras"
                 and self.working_size <= WHOLE_IMAGE_MAX_SCALE * self.preprocess.size)
@@ -252,8 +258,8 @@ class Segmenter:
         return np.asarray(out, dtype=np.float32)[..., 0]
 
     def _predict_tiled(self, image: np.ndarray) -> np.ndarray:
-        """Sliding windows of the training size with overlap, blended by a tapered weight."""
-        tile = self.preprocess.size
+        """Sliding windows of the model's input size with overlap, blended by a tapered weight."""
+        tile = self.window
         height, width = image.shape[:2]
         step = max(1, tile - self.tile_overlap)
         ys = _tile_starts(height, tile, step)
