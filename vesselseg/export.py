@@ -4,8 +4,8 @@ The U-Net has open spatial dimensions; an export fixes them to the size the run 
 (`working_size` in its config.json, else the training size `preprocess.size`), so every
 artifact takes a float32 batch [N, size, size, 3] of RGB values in [0, 1] (N is dynamic in all
 three formats) and gives vessel probabilities [N, size, size, 1]. The Segmenter feeds exactly
-such batches (it tiles larger working sizes), so an export can replace the Keras model: `Segmenter.from_run(run,
-backend="onnx")`.
+such batches (it tiles larger working sizes), so an export can replace the Keras model:
+`Segmenter.from_run(run, backend="onnx")`.
 
 - savedmodel: Keras 3 `model.export(..., format="tf_saved_model")`; endpoint `serve`.
 - tflite: TFLiteConverter from that SavedModel, float32, no quantisation.
@@ -511,9 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vesselseg.export",
         description="Export the best model of a training run as a TensorFlow SavedModel, a "
-                    "TFLite flatbuffer or an ONNX model, with a fixed input of the run's working size "
-                    "(else its training size; [N, size, size, 3] float32, dynamic N), then verify it against the Keras "
-                    "model (max abs probability diff < 1e-3). ONNX needs "
+                    "TFLite flatbuffer or an ONNX model, with a fixed input of the run's "
+                    "working size (else its training size; [N, size, size, 3] float32, dynamic "
+                    "N), then verify it against the Keras model (max abs probability diff < "
+                    "1e-3). ONNX needs "
                     f"{INSTALL_HINT}.")
     parser.add_argument("--run", required=True, help="run folder from vesselseg.train")
     parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
