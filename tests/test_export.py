@@ -227,7 +227,7 @@ def test_a_run_with_a_working_size_is_exported_at_that_size(tiny_run, tmp_path):
     """An export takes the run's working size whole, as the Keras model does, so switching the
     backend changes neither the figures nor the amount of work."""
     from vesselseg.datasets import generate_fundus
-    from vesselseg.errors import ConfigError
+    from vesselseg.errors import ConfigError, ModelLoadError
     from vesselseg.inference import Segmenter
 
     run = _copy_run(tiny_run, tmp_path / "run")
@@ -243,5 +243,10 @@ def test_a_run_with_a_working_size_is_exported_at_that_size(tiny_run, tmp_path):
     difference = np.abs(onnx_segmenter.predict(photo).probability
                         - keras_segmenter.predict(photo).probability).max()
     assert difference < TOLERANCE
-    with pytest.raises(ConfigError, match="smaller than the model's input size"):
+    with pytest.raises(ConfigError, match="export's fixed input size .*--backend keras"):
         Segmenter.from_run(run, backend="onnx", working_size=working - 32)
+    # the run's working size changed after the export: the export is stale, not tiled
+    config["working_size"] = 0
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="stale: it takes .* re-export"):
+        Segmenter.from_run(run, backend="onnx")

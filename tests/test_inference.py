@@ -92,6 +92,14 @@ def test_a_runs_working_size_is_its_default_and_runs_whole(tiny_run, tmp_path):
     assert segmenter.predict(fundus.image, fundus.fov).probability.shape == (200, 200)
 
 
+def test_a_working_size_the_network_cannot_take_whole_uses_tiles(tiny_run):
+    """The U-Net's pooling needs sides divisible by 2**depth: other sizes go in windows."""
+    segmenter = Segmenter.from_run(tiny_run, working_size=128 + 18)  # tiny run: 128, depth 2
+    assert not segmenter.runs_whole
+    fundus = generate_fundus(6, 200)
+    assert segmenter.predict(fundus.image, fundus.fov).probability.shape == (200, 200)
+
+
 def test_large_working_size_uses_tiles(tiny_run):
     segmenter = Segmenter.from_run(tiny_run, working_size=256)
     assert not segmenter.runs_whole  # 2x the training size: windows bound the memory

@@ -75,6 +75,8 @@ class AugmentConfig:
     blur_probability: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.zoom > 0:
+            raise ConfigError(f"zoom: {self.zoom} must be positive (1: no magnification)")
         if not 0.0 <= self.scale_range < self.zoom:
             raise ConfigError(f"scale_range: {self.scale_range} must be in [0, zoom = "
                               f"{self.zoom}) so every zoom factor stays positive")

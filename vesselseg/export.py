@@ -1,7 +1,8 @@
 """`python -m vesselseg.export --run RUN --format savedmodel|tflite|onnx`: export a trained model.
 
 The U-Net has open spatial dimensions; an export fixes them to the size the run works at
-(`working_size` in its config.json, else the training size `preprocess.size`), so every
+(`working_size` in its config.json when the Keras model runs it whole, else the training size
+`preprocess.size`), so every
 artifact takes a float32 batch [N, size, size, 3] of RGB values in [0, 1] (N is dynamic in all
 three formats) and gives vessel probabilities [N, size, size, 1]. The Segmenter feeds exactly
 such batches (it tiles larger working sizes), so an export can replace the Keras model:
@@ -374,12 +375,12 @@ def _format_diffs(diffs: dict[str, float]) -> str:
 def export_run(run: str | Path, fmt: str, out: str | Path | None = None, overwrite: bool = False,
                opset: int = DEFAULT_OPSET, tolerance: float = TOLERANCE) -> ExportResult:
     """Export, verify against Keras, then publish atomically; the result carries the diffs."""
-    from .inference import load_keras_model, run_files
+    from .inference import export_size, load_keras_model, run_files
 
     check_format(fmt)
     start = time.monotonic()
     run, model_path, config = run_files(run)
-    size = int(config.working_size or config.preprocess.size)
+    size = export_size(config)
     target = Path(out) if out is not None else default_export_path(run, fmt)
     _check_target(target, fmt, overwrite)
     if fmt == "onnx":
@@ -481,9 +482,9 @@ def runner_for_run(run: str | Path, fmt: str, export_if_missing: bool = True) ->
     An export whose sidecar says it came from another best.keras than the run's current one is
     refused as stale (re-export it with --overwrite).
     """
-    from .inference import run_files
+    from .inference import export_size, run_files
 
-    run, model_path, _ = run_files(run)
+    run, model_path, config = run_files(run)
     path = default_export_path(run, fmt)
     if not path.exists():
         if not export_if_missing:
@@ -498,11 +499,18 @@ def runner_for_run(run: str | Path, fmt: str, export_if_missing: bool = True) ->
                                  f"{exc}") from None
     side = sidecar_path(path)
     if side.exists():
-        recorded = json.loads(side.read_text(encoding="utf-8")).get("source_sha256")
+        facts = json.loads(side.read_text(encoding="utf-8"))
+        recorded = facts.get("source_sha256")
+        shape = facts.get("input", {}).get("shape") or [None, None]
+        stale = None
         if recorded and recorded != file_sha256(model_path):
-            raise ModelLoadError(f"{path} is stale: it was exported from another {model_path.name}"
-                                 f"; re-export with: python -m vesselseg.export --run {run} "
-                                 f"--format {fmt} --overwrite")
+            stale = f"it was exported from another {model_path.name}"
+        elif shape[1] is not None and shape[1] != export_size(config):
+            stale = (f"it takes {shape[1]}x{shape[1]} inputs and the run now works at "
+                     f"{export_size(config)}x{export_size(config)}")
+        if stale:
+            raise ModelLoadError(f"{path} is stale: {stale}; re-export with: python -m "
+                                 f"vesselseg.export --run {run} --format {fmt} --overwrite")
     return load_runner(fmt, path)
 
 

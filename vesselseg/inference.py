@@ -37,6 +37,21 @@ INFERENCE_PRECISIONS = ("auto", "float32", "bfloat16")
 PRETRAINED_PRECISION = "auto"
 #: The Keras model runs a working image whole up to this multiple of its training size
 WHOLE_IMAGE_MAX_SCALE = 1.5
+
+
+def runs_whole_at(working_size: int, training_size: int, depth: int) -> bool:
+    """Whether a working size is run in one piece (rather than in windows of the training size):
+    up to WHOLE_IMAGE_MAX_SCALE x the training size (memory), and only at sides the U-Net's
+    pooling divides exactly. One rule for the Keras path, exports and the speed benchmark."""
+    return (working_size % (2**depth) == 0
+            and working_size <= WHOLE_IMAGE_MAX_SCALE * training_size)
+
+
+def export_size(config: TrainConfig) -> int:
+    """The fixed input side of a run's exports: its working size when that runs whole, else its
+    training size (the windows larger working sizes are cut into)."""
+    working, training = config.working_size or config.preprocess.size, config.preprocess.size
+    return working if runs_whole_at(working, training, config.depth) else training
 #: A runner: float32 batch [N, S, S, 3] (RGB / 255) -> vessel probabilities float32 [N, S, S].
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -129,7 +144,7 @@ class Segmenter:
     def __init__(self, model, preprocess: PreprocessConfig, threshold: float = 0.5,
                  tta: bool = False, working_size: int | None = None, tile_overlap: int = 64,
                  batch_size: int = 4, source: str = "", runner: Runner | None = None,
-                 backend: str = "keras"):
+                 backend: str = "keras", depth: int = 4):
         self.model = model  # None when an exported model runs (backend onnx or tflite)
         self._compiled = None
         self.runner: Runner = runner if runner is not None else self._keras_run
@@ -137,10 +152,15 @@ class Segmenter:
         self.preprocess = preprocess
         self.threshold = float(threshold)
         self.tta = tta
+        self.depth = depth  # the U-Net's pooling steps: whole inputs must divide by 2**depth
         self.working_size = working_size or preprocess.size
-        if self.working_size < self.window:
+        if self.working_size < preprocess.size:
             raise ConfigError(f"working_size: {self.working_size} is smaller than the model's "
-                              f"input size {self.window}")
+                              f"input size {preprocess.size}")
+        if self.working_size < self.window:
+            raise ConfigError(f"working_size: {self.working_size} is smaller than the {backend} "
+                              f"export's fixed input size {self.window}; use --backend keras, or "
+                              f"re-export the run after changing its working_size")
         self.tile_overlap = tile_overlap
         self.batch_size = batch_size
         self.source = source
@@ -183,7 +203,7 @@ class Segmenter:
 
             model, runner = None, runner_for_run(run, backend)
         return cls(model, config.preprocess, threshold=threshold, source=str(run), runner=runner,
-                   backend=backend, **kwargs)
+                   backend=backend, depth=config.depth, **kwargs)
 
     @classmethod
     def pretrained(cls, **kwargs) -> Segmenter:
@@ -226,8 +246,8 @@ class Segmenter:
         fixed size whole, and larger sizes would need too much memory, so those use windows."""
         if self.working_size == self.window:
             return True
-        return (self.backend == "keras"
-                and self.working_size <= WHOLE_IMAGE_MAX_SCALE * self.preprocess.size)
+        return self.backend == "keras" and runs_whole_at(self.working_size, self.preprocess.size,
+                                                         self.depth)
 
     def _predict_inputs(self, batch: np.ndarray) -> np.ndarray:
         if self.runs_whole:
@@ -380,9 +400,10 @@ def add_inference_arguments(parser) -> None:
                              "writable; ONNX needs pip install \"vesselseg[export]\")")
     parser.add_argument("--working-size", type=int,
                         help="run the model on an NxN version of the FOV crop: whole up to "
-                             "1.5x the training size (Keras backend), else in overlapping "
-                             "windows of the training size (e.g. 1024 for large photos; default: "
-                             "the run's working_size, else the training size)")
+                             "1.5x the training size, else in overlapping windows of the "
+                             "training size (e.g. 1024 for large photos; default: the run's "
+                             "working_size, else the training size; an export takes only its "
+                             "own size or larger)")
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS,
                         help="compute precision of the Keras model: bfloat16 is faster on CPUs "
                              "with AVX512-BF16 or AMX; auto = bfloat16 there (without a GPU), "

@@ -374,6 +374,7 @@ def choose_threshold(run: Path, val_rows, replaced: dict | None = None) -> float
         {"threshold": threshold, "validation_f1": f1, "validation_images": list(val_rows["id"]),
          "how": "best-F1 threshold over the validation images, each image weighing the same, "
                 "native resolution, inside the FOV",
+         "working_size": segmenter.working_size,
          "pooled_pixels_threshold": pooled_threshold, "pooled_pixels_f1": pooled_f1,
          **({"replaced": replaced} if replaced else {})}, indent=2) + "\n")
     return threshold

@@ -136,7 +136,7 @@ def host_seconds_per_photo(segmenter, drive: Path) -> float:
     from ..io import read_image
 
     images = sorted((drive / "test" / "images").iterdir())
-    size = segmenter.preprocess.size
+    size = segmenter.working_size  # the size the model's output comes back at
     with tempfile.TemporaryDirectory() as tmp:
         outputs = {kind: Path(tmp) / f"{kind}.png" for kind in OUTPUT_KINDS}
         start = time.process_time()
@@ -272,7 +272,7 @@ def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "f
     import tensorflow as tf
 
     from ..config import TrainConfig, load_config
-    from ..inference import Segmenter
+    from ..inference import Segmenter, export_size
     from ..model import forward_flops
     from ..preprocess import preprocess_dataset
 
@@ -285,7 +285,7 @@ def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "f
 
     # a run made to work at a larger size (working_size) runs that size in eval, and its
     # exports take it: those comparisons are made at that size, the target at 512x512
-    working = int(config.working_size or config.preprocess.size)
+    working = export_size(config)  # the side the model runs at in one piece
     say("\nmodel-only inference, 512x512 (images/s)")
     model32 = build_model(source, "float32")
     flops = forward_flops(model32, 512, 512)
