@@ -2,11 +2,10 @@
 
 The U-Net has open spatial dimensions; an export fixes them to the size the run works at
 (`working_size` in its config.json when the Keras model runs it whole, else the training size
-`preprocess.size`), so every
-artifact takes a float32 batch [N, size, size, 3] of RGB values in [0, 1] (N is dynamic in all
-three formats) and gives vessel probabilities [N, size, size, 1]. The Segmenter feeds exactly
-such batches (it tiles larger working sizes), so an export can replace the Keras model:
-`Segmenter.from_run(run, backend="onnx")`.
+`preprocess.size`), so every artifact takes a float32 batch [N, size, size, 3] of RGB values in
+[0, 1] (N is dynamic in all three formats) and gives vessel probabilities [N, size, size, 1].
+The Segmenter feeds exactly such batches (it tiles larger working sizes), so an export can
+replace the Keras model: `Segmenter.from_run(run, backend="onnx")`.
 
 - savedmodel: Keras 3 `model.export(..., format="tf_saved_model")`; endpoint `serve`.
 - tflite: TFLiteConverter from that SavedModel, float32, no quantisation.
@@ -479,8 +478,9 @@ def _versions(fmt: str) -> dict[str, str]:
 def runner_for_run(run: str | Path, fmt: str, export_if_missing: bool = True) -> Runner:
     """The runner of the default export of `run` in `fmt`, exporting it first when missing.
 
-    An export whose sidecar says it came from another best.keras than the run's current one is
-    refused as stale (re-export it with --overwrite).
+    An export whose sidecar says it came from another best.keras than the run's current one, or
+    that takes another input size than the run now works at, is refused as stale (re-export it
+    with --overwrite).
     """
     from .inference import export_size, run_files
 
@@ -501,13 +501,14 @@ def runner_for_run(run: str | Path, fmt: str, export_if_missing: bool = True) ->
     if side.exists():
         facts = json.loads(side.read_text(encoding="utf-8"))
         recorded = facts.get("source_sha256")
-        shape = facts.get("input", {}).get("shape") or [None, None]
+        side_size = (facts.get("input", {}).get("shape") or [None, None])[1]
+        size = export_size(config)
         stale = None
         if recorded and recorded != file_sha256(model_path):
             stale = f"it was exported from another {model_path.name}"
-        elif shape[1] is not None and shape[1] != export_size(config):
-            stale = (f"it takes {shape[1]}x{shape[1]} inputs and the run now works at "
-                     f"{export_size(config)}x{export_size(config)}")
+        elif side_size is not None and side_size != size:
+            stale = (f"it takes {side_size}x{side_size} inputs and the run now works at "
+                     f"{size}x{size}")
         if stale:
             raise ModelLoadError(f"{path} is stale: {stale}; re-export with: python -m "
                                  f"vesselseg.export --run {run} --format {fmt} --overwrite")
