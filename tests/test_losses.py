@@ -17,7 +17,9 @@ from vesselseg.losses import (  # noqa: E402
     bce_loss,
     focal_loss,
     make_loss,
+    soft_cldice_loss,
     soft_dice_loss,
+    soft_skeleton,
 )
 
 # one 2x2 image: vessel mask y, prediction p (the 4 pixels in reading order)
@@ -205,11 +207,62 @@ def test_unknown_loss_lists_names():
         make_loss("hinge")
     message = str(info.value)
     assert "hinge" in message
-    for name in ("dice", "bce", "focal", "focal_dice", "bce_dice"):
+    names = {"dice", "bce", "focal", "focal_dice", "bce_dice", "cldice", "bce_dice_cldice"}
+    for name in names:
         assert name in message
-    assert set(LOSS_NAMES) == {"dice", "bce", "focal", "focal_dice", "bce_dice"}
+    assert set(LOSS_NAMES) == names
 
 
 def test_loss_functions_are_named():
     for name in LOSS_NAMES:
         assert make_loss(name).__name__ == f"{name}_loss"
+
+
+def test_soft_skeleton_of_a_bar_is_its_centre_line():
+    bar = np.zeros((1, 16, 16, 1), np.float32)
+    bar[0, 6:11, 2:14, 0] = 1.0  # 5 rows tall
+    skeleton = np.asarray(soft_skeleton(tf.constant(bar)))[0, ..., 0] > 0.5
+    assert skeleton[8, 4:12].all()  # the middle row, away from the bar's ends
+    assert not skeleton[[6, 7, 9, 10]].any() and not skeleton[:6].any()
+
+
+def two_vessels(miss: str) -> tuple[np.ndarray, np.ndarray]:
+    """A 7-px trunk and a 1-px capillary, and a perfect prediction that misses 40 pixels: the
+    whole capillary, or one edge row of the trunk."""
+    truth = np.zeros((1, 32, 48, 1), np.float32)
+    truth[0, 4:11, 4:44, 0] = 1.0  # trunk
+    truth[0, 20, 4:44, 0] = 1.0  # capillary
+    predicted = truth.copy()
+    if miss == "capillary":
+        predicted[0, 20, 4:44, 0] = 0.0
+    else:
+        predicted[0, 10, 4:44, 0] = 0.0
+    return truth, predicted
+
+
+def test_cldice_charges_a_missed_capillary_more_than_a_missed_edge():
+    """Plain Dice counts pixels, so both misses cost the same; clDice counts centre lines, so the
+    missed capillary (a whole vessel) costs far more than a trunk's edge row: the reason to use it
+    for thin vessels."""
+    truth, capillary_missed = two_vessels("capillary")
+    _, edge_missed = two_vessels("edge")
+    assert value(soft_dice_loss, truth, capillary_missed) == pytest.approx(
+        value(soft_dice_loss, truth, edge_missed), abs=1e-6)
+    assert value(soft_cldice_loss, truth, truth) == pytest.approx(0.0, abs=1e-6)
+    assert value(soft_cldice_loss, truth, edge_missed) < 0.02
+    assert value(soft_cldice_loss, truth, capillary_missed) > 0.15
+    for name in ("cldice", "bce_dice_cldice"):
+        loss = make_loss(name)
+        assert value(loss, truth, capillary_missed) > value(loss, truth, edge_missed)
+
+
+def test_combined_cldice_losses_are_their_terms_mixed():
+    rng = np.random.default_rng(3)
+    truth = (rng.random((2, 16, 16, 1)) < 0.3).astype(np.float32)
+    predicted = rng.uniform(0.05, 0.95, (2, 16, 16, 1)).astype(np.float32)
+    dice, cldice = value(soft_dice_loss, truth, predicted), value(soft_cldice_loss, truth,
+                                                                   predicted)
+    assert value(make_loss("cldice"), truth, predicted) == pytest.approx(
+        0.5 * dice + 0.5 * cldice, rel=1e-5)
+    assert value(make_loss("bce_dice_cldice", balance=0.3), truth, predicted) == pytest.approx(
+        0.3 * value(bce_loss, truth, predicted) + 0.7 * (0.5 * dice + 0.5 * cldice), rel=1e-5)
