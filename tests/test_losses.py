@@ -17,6 +17,7 @@ from vesselseg.losses import (  # noqa: E402
     bce_loss,
     focal_loss,
     make_loss,
+    skeleton_recall_loss,
     soft_cldice_loss,
     soft_dice_loss,
     soft_skeleton,
@@ -207,7 +208,8 @@ def test_unknown_loss_lists_names():
         make_loss("hinge")
     message = str(info.value)
     assert "hinge" in message
-    names = {"dice", "bce", "focal", "focal_dice", "bce_dice", "cldice", "bce_dice_cldice"}
+    names = {"dice", "bce", "focal", "focal_dice", "bce_dice", "cldice", "bce_dice_cldice",
+             "bce_dice_skeleton"}
     for name in names:
         assert name in message
     assert set(LOSS_NAMES) == names
@@ -251,7 +253,10 @@ def test_cldice_charges_a_missed_capillary_more_than_a_missed_edge():
     assert value(soft_cldice_loss, truth, truth) == pytest.approx(0.0, abs=1e-6)
     assert value(soft_cldice_loss, truth, edge_missed) < 0.02
     assert value(soft_cldice_loss, truth, capillary_missed) > 0.15
-    for name in ("cldice", "bce_dice_cldice"):
+    assert value(skeleton_recall_loss, truth, truth) == pytest.approx(0.0, abs=1e-6)
+    assert value(skeleton_recall_loss, truth, edge_missed) == pytest.approx(0.0, abs=1e-6)
+    assert value(skeleton_recall_loss, truth, capillary_missed) > 0.2
+    for name in ("cldice", "bce_dice_cldice", "bce_dice_skeleton"):
         loss = make_loss(name)
         assert value(loss, truth, capillary_missed) > value(loss, truth, edge_missed)
 
@@ -266,3 +271,18 @@ def test_combined_cldice_losses_are_their_terms_mixed():
         0.5 * dice + 0.5 * cldice, rel=1e-5)
     assert value(make_loss("bce_dice_cldice", balance=0.3), truth, predicted) == pytest.approx(
         0.3 * value(bce_loss, truth, predicted) + 0.7 * (0.5 * dice + 0.5 * cldice), rel=1e-5)
+    assert value(make_loss("bce_dice_skeleton"), truth, predicted) == pytest.approx(
+        value(make_loss("bce_dice"), truth, predicted)
+        + value(skeleton_recall_loss, truth, predicted), rel=1e-5)
+
+
+def test_skeleton_recall_gradient_reaches_only_the_prediction_on_the_centre_lines():
+    truth, _ = two_vessels("edge")
+    probabilities = tf.Variable(np.full(truth.shape, 0.5, np.float32))
+    labels = tf.Variable(truth)
+    with tf.GradientTape(persistent=True) as tape:
+        result = skeleton_recall_loss(labels, probabilities)
+    assert tape.gradient(result, labels) is None  # the labels' skeleton is a constant
+    gradient = tape.gradient(result, probabilities).numpy()[0, ..., 0]
+    assert gradient[7, 20] < 0 and gradient[20, 20] < 0  # trunk centre, capillary
+    assert gradient[4, 20] == 0 and gradient[15, 20] == 0  # trunk edge, background

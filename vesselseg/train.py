@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="U-Net width: filters of the first level (default 16)")
     parser.add_argument("--depth", type=int, help="U-Net levels (default 4)")
     parser.add_argument("--loss", help="dice (default), bce, focal, focal_dice, bce_dice, "
-                                       "cldice, bce_dice_cldice")
+                                       "cldice, bce_dice_cldice, bce_dice_skeleton")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                         help="plateau (default): halve the rate when validation stalls "
                              "(ReduceLROnPlateau); cosine: decay to the minimum over the "
