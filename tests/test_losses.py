@@ -228,6 +228,14 @@ def test_soft_skeleton_of_a_bar_is_its_centre_line():
     assert not skeleton[[6, 7, 9, 10]].any() and not skeleton[:6].any()
 
 
+def test_soft_skeleton_reaches_the_widest_vessels():
+    """SKELETON_ITERATIONS covers vessels up to 22 px wide (the widest in a 512 window: ~13)."""
+    bar = np.zeros((1, 40, 60, 1), np.float32)
+    bar[0, 9:31, 5:55, 0] = 1.0  # 22 rows tall
+    skeleton = np.asarray(soft_skeleton(tf.constant(bar)))[0, ..., 0] > 0.5
+    assert skeleton[19:21, 20:40].any(axis=0).all()  # a centre line along the middle
+
+
 def two_vessels(miss: str) -> tuple[np.ndarray, np.ndarray]:
     """A 7-px trunk and a 1-px capillary, and a perfect prediction that misses 40 pixels: the
     whole capillary, or one edge row of the trunk."""
@@ -255,7 +263,7 @@ def test_cldice_charges_a_missed_capillary_more_than_a_missed_edge():
     assert value(soft_cldice_loss, truth, capillary_missed) > 0.15
     assert value(skeleton_recall_loss, truth, truth) == pytest.approx(0.0, abs=1e-6)
     assert value(skeleton_recall_loss, truth, edge_missed) == pytest.approx(0.0, abs=1e-6)
-    assert value(skeleton_recall_loss, truth, capillary_missed) > 0.2
+    assert value(skeleton_recall_loss, truth, capillary_missed) > 0.1
     for name in ("cldice", "bce_dice_cldice", "bce_dice_skeleton"):
         loss = make_loss(name)
         assert value(loss, truth, capillary_missed) > value(loss, truth, edge_missed)
@@ -273,7 +281,7 @@ def test_combined_cldice_losses_are_their_terms_mixed():
         0.3 * value(bce_loss, truth, predicted) + 0.7 * (0.5 * dice + 0.5 * cldice), rel=1e-5)
     assert value(make_loss("bce_dice_skeleton"), truth, predicted) == pytest.approx(
         value(make_loss("bce_dice"), truth, predicted)
-        + value(skeleton_recall_loss, truth, predicted), rel=1e-5)
+        + 0.5 * value(skeleton_recall_loss, truth, predicted), rel=1e-5)
 
 
 def test_skeleton_recall_gradient_reaches_only_the_prediction_on_the_centre_lines():
