@@ -59,17 +59,15 @@ def focal_loss(y_true, y_pred, alpha: float = 0.25, gamma: float = 2.0):
 SKELETON_ITERATIONS = 10
 
 
-def _soft_erode(x):
-    """Min over a plus-shaped 3x3 neighbourhood (min-pooling as -max(-x))."""
-    vertical = -ops.max_pool(-x, pool_size=(3, 1), strides=1, padding="same")
-    horizontal = -ops.max_pool(-x, pool_size=(1, 3), strides=1, padding="same")
-    return ops.minimum(vertical, horizontal)
-
-
 def _plus_dilate(x):
     """Max over a plus-shaped 3x3 neighbourhood."""
     vertical = ops.max_pool(x, pool_size=(3, 1), strides=1, padding="same")
     return ops.maximum(vertical, ops.max_pool(x, pool_size=(1, 3), strides=1, padding="same"))
+
+
+def _soft_erode(x):
+    """Min over a plus-shaped 3x3 neighbourhood (min-pooling as -max(-x))."""
+    return -_plus_dilate(-x)
 
 
 def _soft_open(x):
