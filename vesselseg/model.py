@@ -42,27 +42,51 @@ def _conv_block(x, filters: int, batch_norm: bool, dropout: float, name: str):
     return x
 
 
+def _unet_logits(x, base_filters: int, depth: int, batch_norm: bool, dropout: float,
+                 prefix: str = ""):
+    """The U-Net from input to its one-channel logits; `prefix` keeps two of them apart."""
+    skips = []
+    for level in range(depth):
+        x = _conv_block(x, base_filters * 2**level, batch_norm, dropout, f"{prefix}down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"{prefix}pool{level}")(x)
+    x = _conv_block(x, base_filters * 2**depth, batch_norm, dropout, f"{prefix}bottleneck")
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same",
+                                   name=f"{prefix}up{level}")(x)
+        x = layers.Concatenate(name=f"{prefix}skip{level}")([x, skips[level]])
+        x = _conv_block(x, filters, batch_norm, dropout, f"{prefix}dec{level}")
+    return layers.Conv2D(1, 1, name=f"{prefix}logits")(x)
+
+
+def _probability(logits):
+    # float32 output even under a mixed-precision policy: losses and thresholds need the range.
+    return layers.Activation("sigmoid", dtype="float32", name="vessel_probability")(logits)
+
+
 @register_architecture("unet")
 def unet(base_filters: int = 64, depth: int = 4, batch_norm: bool = False, dropout: float = 0.0,
          input_channels: int = 3, input_size: int | None = None) -> keras.Model:
     """Classic U-Net; base 64 / depth 4 / no batch norm is the 31.0M-parameter original."""
     inputs = keras.Input(shape=(input_size, input_size, input_channels), name="image")
-    x = inputs
-    skips = []
-    for level in range(depth):
-        x = _conv_block(x, base_filters * 2**level, batch_norm, dropout, f"down{level}")
-        skips.append(x)
-        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
-    x = _conv_block(x, base_filters * 2**depth, batch_norm, dropout, "bottleneck")
-    for level in reversed(range(depth)):
-        filters = base_filters * 2**level
-        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}")(x)
-        x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
-        x = _conv_block(x, filters, batch_norm, dropout, f"dec{level}")
-    logits = layers.Conv2D(1, 1, name="logits")(x)
-    # float32 output even under a mixed-precision policy: losses and thresholds need the range.
-    outputs = layers.Activation("sigmoid", dtype="float32", name="vessel_probability")(logits)
-    return keras.Model(inputs, outputs, name=f"unet_f{base_filters}_d{depth}")
+    logits = _unet_logits(inputs, base_filters, depth, batch_norm, dropout)
+    return keras.Model(inputs, _probability(logits), name=f"unet_f{base_filters}_d{depth}")
+
+
+@register_architecture("wnet")
+def wnet(base_filters: int = 8, depth: int = 4, batch_norm: bool = False, dropout: float = 0.0,
+         input_channels: int = 3, input_size: int | None = None) -> keras.Model:
+    """Two U-Nets in a row, after LWNet's W-Net: the second sees the image and the first's
+    vessel map, and adds a correction to the first's logits. Through that sum the loss trains
+    the first U-Net directly as well, so no second output is needed. Twice a U-Net's cost."""
+    inputs = keras.Input(shape=(input_size, input_size, input_channels), name="image")
+    first = _unet_logits(inputs, base_filters, depth, batch_norm, dropout, "first_")
+    first_map = layers.Activation("sigmoid", name="first_probability")(first)
+    seen = layers.Concatenate(name="image_and_first_map")([inputs, first_map])
+    correction = _unet_logits(seen, base_filters, depth, batch_norm, dropout, "second_")
+    logits = layers.Add(name="logits")([first, correction])
+    return keras.Model(inputs, _probability(logits), name=f"wnet_f{base_filters}_d{depth}")
 
 
 def get_model(architecture: str = "unet", **kwargs) -> keras.Model:
