@@ -1,4 +1,4 @@
-"""U-Net architecture: parameter count, open input size, mixed precision, registry, FLOPs."""
+"""Architectures: parameter count, open input size, mixed precision, registry, FLOPs, W-Net."""
 from __future__ import annotations
 
 import os
@@ -49,19 +49,21 @@ def test_weights_trained_at_512_run_on_other_sizes():
             assert np.all((output >= 0) & (output <= 1))
 
 
-def test_default_model_is_open_size():
-    model = get_model(**TINY)
+@pytest.mark.parametrize("architecture", architecture_names())
+def test_default_model_is_open_size(architecture):
+    model = get_model(architecture, **TINY)
     for side in (512, 576):
         assert model(np.zeros((1, side, side, 3), np.float32)).shape == (1, side, side, 1)
     rectangular = model(np.zeros((1, 64, 96, 3), np.float32))
     assert rectangular.shape == (1, 64, 96, 1)
 
 
-def test_output_is_float32_under_mixed_bfloat16():
+@pytest.mark.parametrize("architecture", architecture_names())
+def test_output_is_float32_under_mixed_bfloat16(architecture):
     previous = keras.mixed_precision.global_policy().name
     try:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        model = get_model(**TINY)
+        model = get_model(architecture, **TINY)
         assert model.get_layer("logits").compute_dtype == "bfloat16"
         output = model(np.zeros((1, 64, 64, 3), np.float32))
         assert keras.backend.standardize_dtype(output.dtype) == "float32"
@@ -71,8 +73,9 @@ def test_output_is_float32_under_mixed_bfloat16():
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
-def test_batch_norm_and_dropout_build():
-    model = get_model(batch_norm=True, dropout=0.1, **TINY)
+@pytest.mark.parametrize("architecture", architecture_names())
+def test_batch_norm_and_dropout_build(architecture):
+    model = get_model(architecture, batch_norm=True, dropout=0.1, **TINY)
     names = [layer.name for layer in model.layers]
     assert any("_bn" in name for name in names)
     assert any("dropout" in name for name in names)
@@ -115,3 +118,26 @@ def test_forward_flops_hand_count():
 def test_forward_flops_of_a_fixed_size_model():
     fixed = get_model(input_size=512, **TINY)
     assert forward_flops(fixed, 64, 64) == forward_flops(get_model(**TINY), 64, 64)
+
+
+def test_wnet_is_two_unets_the_second_seeing_the_first_map():
+    wnet = get_model("wnet", **TINY)
+    first = get_model("unet", **TINY)
+    second = get_model("unet", input_channels=4, **TINY)
+    assert wnet.count_params() == first.count_params() + second.count_params()
+    assert forward_flops(wnet, 64, 64) == forward_flops(first, 64, 64) + forward_flops(second, 64, 64)
+
+
+def test_wnet_with_a_silent_second_unet_is_its_first_unet():
+    """The second U-Net adds to the first's logits, so the loss reaches the first directly."""
+    wnet = get_model("wnet", **TINY)
+    unet = get_model("unet", **TINY)
+    for layer in unet.layers:
+        if layer.weights:
+            layer.set_weights(wnet.get_layer(f"first_{layer.name}").get_weights())
+    silent = wnet.get_layer("second_logits")
+    silent.set_weights([np.zeros_like(w) for w in silent.get_weights()])
+    image = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(wnet(image)), np.asarray(unet(image)), atol=1e-6)
+    silent.set_weights([np.ones_like(w) for w in silent.get_weights()])
+    assert not np.allclose(np.asarray(wnet(image)), np.asarray(unet(image)), atol=1e-3)

@@ -6,6 +6,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from run_fixtures import tiny_config
@@ -139,6 +140,28 @@ def test_a_recipe_asking_for_other_preprocessing_names_the_fix(synthetic_preproc
     assert not (tmp_path / "runs").exists()  # checked before any run folder is made
     assert train(tiny_config(synthetic_preprocessed, tmp_path / "runs", epochs=1,
                              preprocess=used), progress=False).exists()
+
+
+@pytest.mark.parametrize("flag, bad", [("--architecture", "vnet"), ("--loss", "dise")])
+def test_an_unknown_name_lists_the_valid_ones_before_any_run_folder(flag, bad,
+                                                                    synthetic_preprocessed,
+                                                                    tmp_path, capsys):
+    code = main(["--data", str(synthetic_preprocessed), "--runs-dir", str(tmp_path / "runs"),
+                 flag, bad])
+    error = capsys.readouterr().err
+    assert code != 0 and repr(bad) in error and "valid names" in error
+    assert ("wnet" in error) if flag == "--architecture" else ("bce_dice" in error)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_wnet_trains_and_its_run_segments(synthetic_preprocessed, tmp_path):
+    from vesselseg.inference import Segmenter
+
+    run = train(tiny_config(synthetic_preprocessed, tmp_path, epochs=1, architecture="wnet"),
+                progress=False)
+    assert load_config(TrainConfig, run / "config.json").architecture == "wnet"
+    image = np.zeros((100, 120, 3), np.uint8)
+    assert Segmenter.from_run(run).predict(image).mask.shape == (100, 120)
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])

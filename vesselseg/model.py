@@ -91,12 +91,15 @@ def wnet(base_filters: int = 8, depth: int = 4, batch_norm: bool = False, dropou
 
 def get_model(architecture: str = "unet", **kwargs) -> keras.Model:
     """Build a new model by architecture name; an unknown name lists the valid ones."""
-    try:
-        builder = _ARCHITECTURES[architecture]
-    except KeyError:
-        raise ConfigError(f"architecture: unknown {architecture!r}; valid names: "
-                          f"{', '.join(architecture_names())}") from None
-    return builder(**kwargs)
+    check_architecture(architecture)
+    return _ARCHITECTURES[architecture](**kwargs)
+
+
+def check_architecture(name: str) -> None:
+    """Raise a ConfigError listing the valid names unless `name` is a registered architecture."""
+    if name not in _ARCHITECTURES:
+        raise ConfigError(f"architecture: unknown {name!r}; valid names: "
+                          f"{', '.join(architecture_names())}")
 
 
 def size_multiple(depth: int) -> int:

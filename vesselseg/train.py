@@ -269,7 +269,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     from .devices import environment_facts, gpus, make_strategy, set_precision
     from .losses import make_loss
     from .metrics import training_metrics
-    from .model import get_model
+    from .model import check_architecture, get_model
     from .pipeline import make_dataset, split_rows, steps_per_epoch
     from .plots import learning_curves
     from .preprocess import load_preprocess_config
@@ -280,6 +280,9 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
         raise ConfigError(f"data: the folders {folders} were preprocessed with different settings; "
                           f"preprocess them alike (same --size, --enhancement, cropping)")
     check_preprocessing(config.preprocess, settings[0], folders[0])
+    check_architecture(config.architecture)
+    loss = make_loss(config.loss, config.loss_balance, config.focal_alpha, config.focal_gamma,
+                     use_fov=config.use_fov_in_loss)
     config = replace(config, preprocess=settings[0])
     init_weights = checked_init_weights(config) if config.init_from else None
     manifest = merged_manifest(folders)
@@ -316,9 +319,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
                           batch_norm=config.batch_norm, dropout=config.dropout)
         if init_weights is not None:  # a resumed run then restores its later weights (backup/)
             model.set_weights(init_weights)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                      loss=make_loss(config.loss, config.loss_balance, config.focal_alpha,
-                                     config.focal_gamma, use_fov=config.use_fov_in_loss),
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss,
                       metrics=training_metrics())
     previous = _read_status(run).get("elapsed", 0.0) if resumed else 0.0
     start = time.monotonic() - previous  # a resumed run's budget and time include earlier epochs
@@ -414,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
     parser.add_argument("--batch-size", type=int, help="images per step (default 4)")
     parser.add_argument("--learning-rate", type=float, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--architecture",
+                        help="unet (default) or wnet: two U-Nets in a row, the second "
+                             "correcting the first (LWNet's W-Net; twice the cost per width)")
     parser.add_argument("--base-filters", type=int,
                         help="U-Net width: filters of the first level (default 16)")
     parser.add_argument("--depth", type=int, help="U-Net levels (default 4)")
