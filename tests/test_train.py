@@ -6,6 +6,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -228,6 +229,22 @@ def test_fine_tuning_starts_from_the_given_runs_weights(tiny_run, synthetic_prep
     run = train(config, progress=False)
     assert load_config(TrainConfig, run / "config.json").init_from == str(tiny_run)
     _assert_same_kernels(tiny_run / "best.keras", run / "best.keras")
+
+
+def test_a_wnet_grows_from_a_unet_run(tiny_run, tmp_path):
+    """The U-Net's weights go to the W-Net's first U-Net; the second starts silent."""
+    from vesselseg.inference import load_keras_model
+
+    config = replace(load_config(TrainConfig, tiny_run / "config.json"), runs_dir=str(tmp_path),
+                     architecture="wnet", init_from=str(tiny_run), epochs=1, steps_per_epoch=1,
+                     learning_rate=1e-9)
+    grown = load_keras_model(train(config, progress=False) / "best.keras")
+    unet = load_keras_model(tiny_run / "best.keras")
+    for layer in unet.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            after = grown.get_layer(f"first_{layer.name}").get_weights()[0]
+            assert abs(after - layer.get_weights()[0]).max() < 1e-6, layer.name
+    assert abs(grown.get_layer("second_logits").get_weights()[0]).max() < 1e-6
 
 
 def _assert_same_kernels(before_file, after_file):

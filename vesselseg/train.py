@@ -238,10 +238,17 @@ def starting_run(init_from: str) -> tuple[Path, Path, TrainConfig]:
     return files
 
 
+def grows_unet_into_wnet(config: TrainConfig, init: TrainConfig) -> bool:
+    """A W-Net may start from a U-Net run of the same width: its first U-Net takes the weights."""
+    return (init.architecture, config.architecture) == ("unet", "wnet")
+
+
 def check_init_compatible(config: TrainConfig, init: TrainConfig, folder: Path) -> None:
-    """Fine-tuning needs the same network and the same model inputs as the starting run."""
+    """Fine-tuning needs the same network (or a W-Net grown from that U-Net) and the same model
+    inputs as the starting run."""
+    keys = ARCHITECTURE_KEYS[1:] if grows_unet_into_wnet(config, init) else ARCHITECTURE_KEYS
     differences = [f"{key} {getattr(init, key)!r} (this run: {getattr(config, key)!r})"
-                   for key in ARCHITECTURE_KEYS if getattr(init, key) != getattr(config, key)]
+                   for key in keys if getattr(init, key) != getattr(config, key)]
     differences += [f"preprocess.{key} {getattr(init.preprocess, key)!r} (this data: "
                     f"{getattr(config.preprocess, key)!r})"
                     for key in ("size", "enhancement", "crop_to_fov", "clahe_clip", "clahe_tiles")
@@ -251,14 +258,24 @@ def check_init_compatible(config: TrainConfig, init: TrainConfig, folder: Path) 
                           f"fine-tuning needs the same network and preprocessing")
 
 
-def checked_init_weights(config: TrainConfig) -> list:
-    """The weights to fine-tune from, read and checked to fit this run (before any run folder
-    exists, so a bad starting run leaves nothing behind)."""
+def checked_init_weights(config: TrainConfig) -> dict[str, list]:
+    """The weights to fine-tune from, by the name of the layer that takes them, read and checked
+    to fit this run (before any run folder exists, so a bad starting run leaves nothing
+    behind). Grown into a W-Net, a U-Net's weights go to the first U-Net, and the second U-Net's
+    output layer starts at zero: no correction, so training starts from the U-Net's own maps."""
+    import numpy as np
+
     from .inference import load_keras_model
 
     folder, model_path, init = starting_run(config.init_from)
     check_init_compatible(config, init, folder)
-    return load_keras_model(model_path).get_weights()
+    trained = load_keras_model(model_path)
+    weights = {layer.name: layer.get_weights() for layer in trained.layers if layer.weights}
+    if not grows_unet_into_wnet(config, init):
+        return weights
+    grown = {f"first_{name}": values for name, values in weights.items()}
+    grown["second_logits"] = [np.zeros_like(values) for values in weights["logits"]]
+    return grown
 
 
 def train(config: TrainConfig, devices: list[str] | None = None, progress: bool = True) -> Path:
@@ -317,8 +334,8 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     with strategy.scope():
         model = get_model(config.architecture, base_filters=config.base_filters, depth=config.depth,
                           batch_norm=config.batch_norm, dropout=config.dropout)
-        if init_weights is not None:  # a resumed run then restores its later weights (backup/)
-            model.set_weights(init_weights)
+        for name, values in (init_weights or {}).items():  # a resumed run then restores
+            model.get_layer(name).set_weights(values)      # its later weights (backup/)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss,
                       metrics=training_metrics())
     previous = _read_status(run).get("elapsed", 0.0) if resumed else 0.0
