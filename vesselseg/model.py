@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
+import numpy as np
 from keras import layers
 
 from .errors import ConfigError
@@ -74,6 +75,10 @@ def unet(base_filters: int = 64, depth: int = 4, batch_norm: bool = False, dropo
     return keras.Model(inputs, _probability(logits), name=f"unet_f{base_filters}_d{depth}")
 
 
+#: Layer-name prefixes of a W-Net's two U-Nets.
+_FIRST, _SECOND = "first_", "second_"
+
+
 @register_architecture("wnet")
 def wnet(base_filters: int = 8, depth: int = 4, batch_norm: bool = False, dropout: float = 0.0,
          input_channels: int = 3, input_size: int | None = None) -> keras.Model:
@@ -81,12 +86,21 @@ def wnet(base_filters: int = 8, depth: int = 4, batch_norm: bool = False, dropou
     vessel map, and adds a correction to the first's logits. Through that sum the loss trains
     the first U-Net directly as well, so no second output is needed. Twice a U-Net's cost."""
     inputs = keras.Input(shape=(input_size, input_size, input_channels), name="image")
-    first = _unet_logits(inputs, base_filters, depth, batch_norm, dropout, "first_")
+    first = _unet_logits(inputs, base_filters, depth, batch_norm, dropout, _FIRST)
     first_map = layers.Activation("sigmoid", name="first_probability")(first)
     seen = layers.Concatenate(name="image_and_first_map")([inputs, first_map])
-    correction = _unet_logits(seen, base_filters, depth, batch_norm, dropout, "second_")
+    correction = _unet_logits(seen, base_filters, depth, batch_norm, dropout, _SECOND)
     logits = layers.Add(name="logits")([first, correction])
     return keras.Model(inputs, _probability(logits), name=f"wnet_f{base_filters}_d{depth}")
+
+
+def wnet_weights_from_unet(unet_weights: dict[str, list]) -> dict[str, list]:
+    """A U-Net's weights by layer name, placed in a W-Net of the same width: the first U-Net
+    takes them and the second's output layer starts at zero, so the W-Net starts with no
+    correction, giving exactly the U-Net's maps."""
+    grown = {f"{_FIRST}{name}": values for name, values in unet_weights.items()}
+    grown[f"{_SECOND}logits"] = [np.zeros_like(values) for values in unet_weights["logits"]]
+    return grown
 
 
 def get_model(architecture: str = "unet", **kwargs) -> keras.Model:

@@ -261,21 +261,15 @@ def check_init_compatible(config: TrainConfig, init: TrainConfig, folder: Path) 
 def checked_init_weights(config: TrainConfig) -> dict[str, list]:
     """The weights to fine-tune from, by the name of the layer that takes them, read and checked
     to fit this run (before any run folder exists, so a bad starting run leaves nothing
-    behind). Grown into a W-Net, a U-Net's weights go to the first U-Net, and the second U-Net's
-    output layer starts at zero: no correction, so training starts from the U-Net's own maps."""
-    import numpy as np
-
+    behind). A W-Net grown from a U-Net starts from the U-Net's own maps."""
     from .inference import load_keras_model
+    from .model import wnet_weights_from_unet
 
     folder, model_path, init = starting_run(config.init_from)
     check_init_compatible(config, init, folder)
     trained = load_keras_model(model_path)
     weights = {layer.name: layer.get_weights() for layer in trained.layers if layer.weights}
-    if not grows_unet_into_wnet(config, init):
-        return weights
-    grown = {f"first_{name}": values for name, values in weights.items()}
-    grown["second_logits"] = [np.zeros_like(values) for values in weights["logits"]]
-    return grown
+    return wnet_weights_from_unet(weights) if grows_unet_into_wnet(config, init) else weights
 
 
 def train(config: TrainConfig, devices: list[str] | None = None, progress: bool = True) -> Path:
