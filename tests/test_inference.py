@@ -88,7 +88,7 @@ def test_a_runs_working_size_is_its_default_and_runs_whole(tiny_run, tmp_path):
     model_input, fov, box = segmenter.prepare(fundus.image, fundus.fov)
     assert model_input.shape[:2] == (size + 32, size + 32)
     direct = np.asarray(segmenter.model(model_input[None], training=False))[0, ..., 0]
-    assert np.allclose(segmenter._predict_inputs(model_input[None])[0], direct, atol=1e-5)
+    assert np.allclose(segmenter.predict_prepared(model_input[None])[0], direct, atol=1e-5)
     assert segmenter.predict(fundus.image, fundus.fov).probability.shape == (200, 200)
 
 

@@ -249,7 +249,8 @@ class Segmenter:
         return self.backend == "keras" and runs_whole_at(self.working_size, self.preprocess.size,
                                                          self.depth)
 
-    def _predict_inputs(self, batch: np.ndarray) -> np.ndarray:
+    def predict_prepared(self, batch: np.ndarray) -> np.ndarray:
+        """Working-size probability maps of a batch of `prepare`d inputs (N x S x S x C)."""
         if self.runs_whole:
             return self._predict_tensor(batch)
         return np.stack([self._predict_tiled(x) for x in batch])
@@ -304,7 +305,7 @@ class Segmenter:
     def predict(self, image: np.ndarray, fov: np.ndarray | None = None) -> Prediction:
         """Probability map and mask at the photo's native size."""
         model_input, fov, box = self.prepare(image, fov)
-        return self.finish(self._predict_inputs(model_input[None])[0], fov, box)
+        return self.finish(self.predict_prepared(model_input[None])[0], fov, box)
 
     def predict_many(self, items: Iterable, load: Callable[[object], tuple],
                      workers: int = 2, prefetch: int = 8) -> Iterator[tuple[object, object]]:
@@ -342,7 +343,7 @@ class Segmenter:
             if pending and (finished or len(good) >= self.batch_size or ready.empty()):
                 if good:
                     batch = np.stack([p[1][1] for p in good])
-                    outputs = iter(self._predict_inputs(batch))
+                    outputs = iter(self.predict_prepared(batch))
                 for item, payload in pending:
                     if isinstance(payload, Exception):
                         yield item, payload
