@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from vesselseg.benchmarks.speed import BATCHES, runner_throughputs
 
@@ -57,3 +58,20 @@ def test_the_backend_target_judges_the_default_path_against_every_way_to_run_it(
                           "training_peak_rss_mb": 1, "hrf_eval_peak_rss_mb": 1,
                           "scaling": [], "scaling_spread": 1.0}).splitlines()[4]
     assert row.startswith("| model only, Keras bfloat16, batch 4 (default) | 0.071 s/img")
+
+
+def test_eval_host_work_is_timed_by_stage_and_the_stages_add_up(tiny_run, synthetic_dataset,
+                                                                 tmp_path):
+    import shutil
+
+    from vesselseg.benchmarks.speed import HOST_STAGES, host_seconds_per_photo
+    from vesselseg.inference import Segmenter
+
+    photos = tmp_path / "drive" / "test" / "images"  # the DRIVE layout the benchmark reads
+    shutil.copytree(synthetic_dataset / "images", photos)
+    stages = host_seconds_per_photo(Segmenter.from_run(tiny_run), tmp_path / "drive")
+
+    assert list(stages) == [*HOST_STAGES, "total"]
+    assert all(seconds >= 0 for seconds in stages.values())
+    assert stages["total"] == pytest.approx(sum(stages[stage] for stage in HOST_STAGES))
+    assert stages["PNGs"] > 0  # three PNGs per photo are real work

@@ -128,25 +128,42 @@ def eval_throughput(segmenter, drive: Path) -> dict:
     return {"images": len(images), "images_per_s": len(images) / seconds}
 
 
-def host_seconds_per_photo(segmenter, drive: Path) -> float:
-    """CPU seconds per photo of everything eval does besides the model (read, FOV, crop, resize,
-    enhance, map back, three PNGs). On a machine whose cores the model already fills, this work
-    cannot hide behind it: it bounds the end-to-end/model-only ratio. The model's real maps are
-    computed first, untimed, so the PNGs compress what eval really writes."""
+HOST_STAGES = ("read", "prepare", "map back", "PNGs")
+
+
+def host_seconds_per_photo(segmenter, drive: Path) -> dict[str, float]:
+    """CPU seconds per photo of everything eval does besides the model, by stage: read (decode),
+    prepare (FOV, crop, resize, enhance), map back (to native size, threshold) and PNGs (encode
+    and write the three outputs); "total" is their sum. On a machine whose cores the model
+    already fills, this work cannot hide behind it: it bounds the end-to-end/model-only ratio.
+    The model's real maps are computed first, untimed, so the PNGs compress what eval writes."""
     from ..eval import OUTPUT_KINDS, _write
     from ..io import read_image
 
     images = sorted((drive / "test" / "images").iterdir())
     maps = [segmenter.predict_prepared(segmenter.prepare(read_image(path))[0][None])[0]
             for path in images]
+    seconds = dict.fromkeys(HOST_STAGES, 0.0)
+
+    def timed(stage: str, work: Callable, *args):
+        start = time.process_time()
+        result = work(*args)
+        seconds[stage] += time.process_time() - start
+        return result
+
     with tempfile.TemporaryDirectory() as tmp:
         outputs = {kind: Path(tmp) / f"{kind}.png" for kind in OUTPUT_KINDS}
-        start = time.process_time()
         for path, probability in zip(images, maps):
-            image = read_image(path)
-            _, fov, box = segmenter.prepare(image)
-            _write(outputs, image, segmenter.finish(probability, fov, box))
-        return (time.process_time() - start) / len(images)
+            image = timed("read", read_image, path)
+            _, fov, box = timed("prepare", segmenter.prepare, image)
+            prediction = timed("map back", segmenter.finish, probability, fov, box)
+            timed("PNGs", _write, outputs, image, prediction)
+    per_photo = {stage: total / len(images) for stage, total in seconds.items()}
+    return {**per_photo, "total": sum(per_photo.values())}
+
+
+def _stage_list(stages: dict[str, float]) -> str:
+    return ", ".join(f"{stage} {1000 * stages[stage]:.0f} ms" for stage in HOST_STAGES)
 
 
 def training_throughput(data: str | Path, base_filters: int, steps: int = 40,
@@ -356,12 +373,15 @@ def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "f
                 f"{working}x{working} (target >= "
                 f"{TARGETS['eval_ratio']}) "
                 f"[{_verdict(e2e['ratio_to_model_only'] >= TARGETS['eval_ratio'])}]")
-        host = host_seconds_per_photo(segmenters["keras"], drive)
+        stages = host_seconds_per_photo(segmenters["keras"], drive)
+        host = stages["total"]
         model_seconds = 1.0 / at_working[default_key][f"batch{EVAL_BATCH}"]
         figures["eval_host_seconds_per_photo"] = host
+        figures["eval_host_stages"] = stages
         say(f"  work besides the model: {1000 * host:.0f} ms of CPU per photo, "
             f"{host / model_seconds:.2f}x the model's {1000 * model_seconds:.0f} ms (which "
             f"keeps all {os.cpu_count()} cores busy)")
+        say(f"    of which {_stage_list(stages)}")
 
     say("\ntraining throughput, batch 4, 512x512 (images/s)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -468,6 +488,8 @@ def markdown_table(figures: dict) -> str:
         rows.append(f"| eval work besides the model (read, FOV, resize, 3 PNGs) | "
                     f"{1000 * host:.0f} ms CPU/photo ({host * model_rate:.2f}x the model's time) "
                     f"| |")
+        if "eval_host_stages" in figures:
+            rows.append(f"| the same by stage | {_stage_list(figures['eval_host_stages'])} | |")
     t = figures["training"]
     rows += [f"| training batch 4, tf.data vs in-memory (float32) | {t['pipeline']:.2f} vs "
              f"{t['in_memory']:.2f} img/s ({100 * t['pipeline_overhead']:.1f} % overhead) | "
