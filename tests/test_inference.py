@@ -229,3 +229,18 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_runs_it(tiny_run, monkeyp
     monkeypatch.setattr(devices, "gpus", lambda: ["GPU:0"])
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
     assert resolve_inference_precision("auto") is None
+
+
+def test_the_keras_path_runs_the_trained_model_with_batch_norm_folded(tiny_run):
+    import keras
+
+    trained = load_keras_model(tiny_run / "best.keras")
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in trained.layers)
+    segmenter = Segmenter.from_run(tiny_run)  # as trained: float32
+    assert segmenter.model.dtype_policy.name == "float32"
+    assert not any(isinstance(layer, keras.layers.BatchNormalization)
+                   for layer in segmenter.model.layers)
+    fundus = generate_fundus(2, 128)
+    batch = segmenter.prepare(fundus.image, fundus.fov)[0][None]
+    np.testing.assert_allclose(segmenter.predict_prepared(batch),
+                               np.asarray(trained(batch, training=False))[..., 0], atol=1e-5)

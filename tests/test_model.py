@@ -1,4 +1,5 @@
-"""Architectures: parameter count, open input size, mixed precision, registry, FLOPs, W-Net."""
+"""Architectures: parameter count, open input size, mixed precision, registry, FLOPs, W-Net,
+batch norm folded for inference."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ import pytest  # noqa: E402
 from vesselseg.errors import ConfigError  # noqa: E402
 from vesselseg.model import (  # noqa: E402
     architecture_names,
+    folded_batch_norm_weights,
     forward_flops,
     get_model,
     size_multiple,
@@ -141,3 +143,39 @@ def test_wnet_with_a_silent_second_unet_is_its_first_unet():
     np.testing.assert_allclose(np.asarray(wnet(image)), np.asarray(unet(image)), atol=1e-6)
     silent.set_weights([np.ones_like(w) for w in silent.get_weights()])
     assert not np.allclose(np.asarray(wnet(image)), np.asarray(unet(image)), atol=1e-3)
+
+
+def _with_trained_batch_norm(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Give every batch norm statistics and an affine map far from the identity, as training
+    would, so that folding them is really tested."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 2.0, gamma.shape), rng.normal(0, 0.5, beta.shape),
+                               rng.normal(0, 0.5, mean.shape),
+                               rng.uniform(0.2, 3.0, variance.shape)])
+    return model
+
+
+@pytest.mark.parametrize("architecture", architecture_names())
+def test_folding_batch_norm_keeps_the_function(architecture):
+    trained = _with_trained_batch_norm(get_model(architecture, batch_norm=True, **TINY))
+    folded = get_model(architecture, batch_norm=False, **TINY)
+    weights = folded_batch_norm_weights(trained)
+    assert set(weights) == {layer.name for layer in folded.layers if layer.weights}
+    for layer in folded.layers:
+        if layer.weights:
+            layer.set_weights(weights[layer.name])
+    image = np.random.default_rng(1).random((2, 64, 64, 3), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(folded(image)),
+                               np.asarray(trained(image, training=False)), atol=1e-5)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+
+
+def test_a_model_without_batch_norm_folds_to_its_own_weights():
+    model = get_model("unet", batch_norm=False, **TINY)
+    weights = folded_batch_norm_weights(model)
+    for layer in model.layers:
+        for value, original in zip(weights.get(layer.name, []), layer.get_weights()):
+            np.testing.assert_array_equal(value, original)

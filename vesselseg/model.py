@@ -135,3 +135,29 @@ def forward_flops(model: keras.Model, height: int, width: int) -> int:
             c_in = layer.input.shape[-1]
             total += 2 * h * w * layer.kernel_size[0] * layer.kernel_size[1] * c_in * layer.filters
     return int(total)
+
+
+def folded_batch_norm_weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
+    """A trained model's weights by layer name for the same architecture built without batch
+    norm, computing the same function at inference: each BatchNormalization's fixed affine map
+    (scale = gamma / sqrt(variance + epsilon)) is folded into the convolution before it, as
+    kernel * scale and bias = beta - mean * scale. The network then makes one pass over each
+    feature map instead of two; under bfloat16 it also skips the casts to float32 and back that
+    every batch norm costs. A model without batch norm comes back unchanged."""
+    weights: dict[str, list[np.ndarray]] = {}
+    names = {layer.name for layer in model.layers}
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization) or not layer.weights:
+            continue
+        values = [np.asarray(w, np.float64) for w in layer.get_weights()]
+        head, conv, index = layer.name.rpartition("_conv")
+        norm = f"{head}_bn{index}"
+        if conv and norm in names:
+            batch_norm = model.get_layer(norm)
+            gamma, beta, mean, variance = (np.asarray(w, np.float64)
+                                           for w in batch_norm.get_weights())
+            scale = gamma / np.sqrt(variance + batch_norm.epsilon)
+            bias = values[1] if len(values) > 1 else np.zeros_like(mean)
+            values = [values[0] * scale, (bias - mean) * scale + beta]
+        weights[layer.name] = [v.astype(np.float32) for v in values]
+    return weights

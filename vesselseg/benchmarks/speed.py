@@ -73,13 +73,14 @@ def model_source(run: Path | None) -> Path:
 
 
 def build_model(source: Path, policy: str):
-    """The run's model for a Keras dtype policy ("float32" or "mixed_bfloat16")."""
+    """The run's model as eval runs it (batch norm folded), for a Keras dtype policy ("float32"
+    or "mixed_bfloat16")."""
     from ..config import TrainConfig, load_config
-    from ..inference import model_with_precision
+    from ..inference import inference_model
 
     config = load_config(TrainConfig, source / "config.json")
-    return model_with_precision(source, config,
-                                "bfloat16" if policy == "mixed_bfloat16" else "float32")
+    return inference_model(source, config,
+                           "bfloat16" if policy == "mixed_bfloat16" else "float32")
 
 
 def runner_throughputs(runners: dict[str, Callable], size: int = 512, repeat: int = 5,
@@ -290,7 +291,7 @@ def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "f
     import tensorflow as tf
 
     from ..config import TrainConfig, load_config
-    from ..inference import Segmenter, export_size
+    from ..inference import MODEL_FILE, Segmenter, export_size, load_keras_model
     from ..model import forward_flops
     from ..preprocess import preprocess_dataset
 
@@ -308,8 +309,9 @@ def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "f
     model32 = build_model(source, "float32")
     flops = forward_flops(model32, 512, 512)
     figures["forward_gflop"] = flops / 1e9
-    figures["parameters"] = int(model32.count_params())
-    say(f"  forward pass {flops / 1e9:.1f} GFLOP, {model32.count_params():,} parameters")
+    # the trained model's count: folding batch norm into the convolutions changes it
+    figures["parameters"] = int(load_keras_model(source / MODEL_FILE).count_params())
+    say(f"  forward pass {flops / 1e9:.1f} GFLOP, {figures['parameters']:,} parameters")
     runners = {"keras_float32": keras_runner(model32),
                "keras_bfloat16": keras_runner(build_model(source, "mixed_bfloat16"))}
     exports: dict[str, Callable] = {}
