@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from vesselseg.benchmarks.speed import BATCHES, runner_throughputs
 
@@ -60,18 +59,28 @@ def test_the_backend_target_judges_the_default_path_against_every_way_to_run_it(
     assert row.startswith("| model only, Keras bfloat16, batch 4 (default) | 0.071 s/img")
 
 
-def test_eval_host_work_is_timed_by_stage_and_the_stages_add_up(tiny_run, synthetic_dataset,
-                                                                 tmp_path):
+def test_eval_host_work_is_timed_by_stage_on_the_models_real_maps(tiny_run, synthetic_dataset,
+                                                                    tmp_path, monkeypatch):
     import shutil
 
+    from vesselseg import eval as eval_module
     from vesselseg.benchmarks.speed import HOST_STAGES, host_seconds_per_photo
     from vesselseg.inference import Segmenter
+    from vesselseg.io import read_image
 
     photos = tmp_path / "drive" / "test" / "images"  # the DRIVE layout the benchmark reads
     shutil.copytree(synthetic_dataset / "images", photos)
-    stages = host_seconds_per_photo(Segmenter.from_run(tiny_run), tmp_path / "drive")
+    written = []
+    real_write = eval_module._write
+    monkeypatch.setattr(eval_module, "_write", lambda outputs, image, prediction: (
+        written.append(prediction.probability), real_write(outputs, image, prediction)))
+    segmenter = Segmenter.from_run(tiny_run)
+    stages = host_seconds_per_photo(segmenter, tmp_path / "drive")
 
     assert list(stages) == [*HOST_STAGES, "total"]
-    assert all(seconds >= 0 for seconds in stages.values())
-    assert stages["total"] == pytest.approx(sum(stages[stage] for stage in HOST_STAGES))
     assert stages["PNGs"] > 0  # three PNGs per photo are real work
+    expected = [segmenter.predict(read_image(path)).probability
+                for path in sorted(photos.iterdir())]
+    assert len(written) == len(expected)
+    for probability, direct in zip(written, expected):  # what eval would write, not a constant
+        np.testing.assert_allclose(probability, direct, atol=1e-5)

@@ -244,3 +244,28 @@ def test_the_keras_path_runs_the_trained_model_with_batch_norm_folded(tiny_run):
     batch = segmenter.prepare(fundus.image, fundus.fov)[0][None]
     np.testing.assert_allclose(segmenter.predict_prepared(batch),
                                np.asarray(trained(batch, training=False))[..., 0], atol=1e-5)
+
+
+def test_a_run_trained_in_bfloat16_computes_in_bfloat16_by_default(tiny_run, tmp_path):
+    """Keras saves the dtype policy per layer; the run's own precision must survive loading."""
+    import shutil
+
+    import keras
+
+    from vesselseg.benchmarks.speed import default_precision
+    from vesselseg.model import get_model
+
+    run = tmp_path / "bf16_run"
+    shutil.copytree(tiny_run, run)
+    trained = load_keras_model(run / "best.keras")
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = get_model("unet", base_filters=4, depth=2, batch_norm=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.set_weights(trained.get_weights())
+    model.save(run / "best.keras")
+
+    assert Segmenter.from_run(run).compute_precision == "bfloat16"
+    assert Segmenter.from_run(run, precision="float32").compute_precision == "float32"
+    assert default_precision(run) == "bfloat16"

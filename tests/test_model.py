@@ -16,7 +16,9 @@ from vesselseg.model import (  # noqa: E402
     folded_batch_norm_weights,
     forward_flops,
     get_model,
+    set_layer_weights,
     size_multiple,
+    trained_policy,
 )
 
 TINY = {"base_filters": 4, "depth": 2}
@@ -151,10 +153,13 @@ def _with_trained_batch_norm(model: keras.Model, seed: int = 0) -> keras.Model:
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, variance = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 2.0, gamma.shape), rng.normal(0, 0.5, beta.shape),
-                               rng.normal(0, 0.5, mean.shape),
-                               rng.uniform(0.2, 3.0, variance.shape)])
+            shape = layer.moving_mean.shape
+            layer.moving_mean.assign(rng.normal(0, 0.5, shape))
+            layer.moving_variance.assign(rng.uniform(0.2, 3.0, shape))
+            if layer.scale:
+                layer.gamma.assign(rng.uniform(0.5, 2.0, shape))
+            if layer.center:
+                layer.beta.assign(rng.normal(0, 0.5, shape))
     return model
 
 
@@ -164,18 +169,57 @@ def test_folding_batch_norm_keeps_the_function(architecture):
     folded = get_model(architecture, batch_norm=False, **TINY)
     weights = folded_batch_norm_weights(trained)
     assert set(weights) == {layer.name for layer in folded.layers if layer.weights}
-    for layer in folded.layers:
-        if layer.weights:
-            layer.set_weights(weights[layer.name])
+    set_layer_weights(folded, weights)
     image = np.random.default_rng(1).random((2, 64, 64, 3), dtype=np.float32)
     np.testing.assert_allclose(np.asarray(folded(image)),
                                np.asarray(trained(image, training=False)), atol=1e-5)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
 
 
+def _conv_then_norm(conv_bias: bool, norm: str | None = "block_bn1", **norm_options):
+    """A convolution named like the U-Net's, followed by a batch norm named `norm` (or none)."""
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=conv_bias, name="block_conv1")(inputs)
+    if norm:
+        x = keras.layers.BatchNormalization(name=norm, **norm_options)(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize("options", [{"center": False}, {"scale": False}, {"epsilon": 0.5}])
+def test_folding_handles_a_biased_convolution_and_a_partial_batch_norm(options):
+    trained = _with_trained_batch_norm(_conv_then_norm(True, **options), seed=2)
+    conv = trained.get_layer("block_conv1")
+    kernel, _ = conv.get_weights()
+    conv.set_weights([kernel, np.full(4, 0.3, np.float32)])
+    folded = _conv_then_norm(True, norm=None)
+    set_layer_weights(folded, folded_batch_norm_weights(trained))
+    image = np.random.default_rng(3).random((1, 16, 16, 3), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(folded(image)),
+                               np.asarray(trained(image, training=False)), atol=1e-5)
+
+
+def test_a_batch_norm_after_no_named_convolution_is_refused_not_dropped():
+    model = _conv_then_norm(False, norm="stray_norm")
+    with pytest.raises(ConfigError, match="stray_norm"):
+        folded_batch_norm_weights(model)
+
+
 def test_a_model_without_batch_norm_folds_to_its_own_weights():
     model = get_model("unet", batch_norm=False, **TINY)
     weights = folded_batch_norm_weights(model)
+    assert set(weights) == {layer.name for layer in model.layers if layer.weights}
     for layer in model.layers:
-        for value, original in zip(weights.get(layer.name, []), layer.get_weights()):
+        for value, original in zip(weights.get(layer.name, []), layer.get_weights(), strict=True):
             np.testing.assert_array_equal(value, original)
+
+
+def test_the_trained_policy_survives_saving_and_loading(tmp_path):
+    from vesselseg.inference import load_keras_model
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = get_model("unet", **TINY)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.save(tmp_path / "model.keras")
+    assert trained_policy(load_keras_model(tmp_path / "model.keras")) == "mixed_bfloat16"

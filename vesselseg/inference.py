@@ -171,9 +171,10 @@ class Segmenter:
                  **kwargs) -> Segmenter:
         """Load the best model, its config and its validation threshold from a run folder.
 
-        precision "float32" or "bfloat16" rebuilds the Keras model for that compute precision
-        (default None: as it was trained and saved); "auto" picks bfloat16 where the CPU runs it
-        natively and no GPU is present, else keeps the model as trained.
+        The Keras model is rebuilt for inference with its batch norm folded into the
+        convolutions (`inference_model`), computing in `precision`: "float32" or "bfloat16", or
+        None (default) as it was trained; "auto" picks bfloat16 where the CPU runs it natively
+        and no GPU is present, else keeps the precision it was trained in.
 
         backend "onnx" or "tflite" runs the run's export (RUN/export/model.onnx or model.tflite)
         instead of the Keras model; a missing export is made (and verified) on the spot, which
@@ -375,11 +376,11 @@ def inference_model(run: str | Path, config: TrainConfig, precision: str | None 
     `precision` ("float32" or "bfloat16"; None: the dtype policy it was trained with)."""
     import keras
 
-    from .model import folded_batch_norm_weights, get_model
+    from .model import folded_batch_norm_weights, get_model, set_layer_weights, trained_policy
 
     trained = load_keras_model(Path(run) / MODEL_FILE)
-    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}.get(
-        precision, trained.dtype_policy.name)
+    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}.get(precision,
+                                                                       trained_policy(trained))
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -387,10 +388,7 @@ def inference_model(run: str | Path, config: TrainConfig, precision: str | None 
                           depth=config.depth, batch_norm=False)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    weights = folded_batch_norm_weights(trained)
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights(weights[layer.name])
+    set_layer_weights(model, folded_batch_norm_weights(trained))
     return model
 
 

@@ -145,19 +145,37 @@ def folded_batch_norm_weights(model: keras.Model) -> dict[str, list[np.ndarray]]
     feature map instead of two; under bfloat16 it also skips the casts to float32 and back that
     every batch norm costs. A model without batch norm comes back unchanged."""
     weights: dict[str, list[np.ndarray]] = {}
-    names = {layer.name for layer in model.layers}
+    norms = {layer.name: layer for layer in model.layers
+             if isinstance(layer, layers.BatchNormalization)}
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization) or not layer.weights:
             continue
         values = [np.asarray(w, np.float64) for w in layer.get_weights()]
         head, conv, index = layer.name.rpartition("_conv")
-        norm = f"{head}_bn{index}"
-        if conv and norm in names:
-            batch_norm = model.get_layer(norm)
-            gamma, beta, mean, variance = (np.asarray(w, np.float64)
-                                           for w in batch_norm.get_weights())
-            scale = gamma / np.sqrt(variance + batch_norm.epsilon)
-            bias = values[1] if len(values) > 1 else np.zeros_like(mean)
+        norm = norms.pop(f"{head}_bn{index}", None) if conv else None
+        if norm is not None:
+            mean, variance = (np.asarray(w, np.float64)
+                              for w in (norm.moving_mean, norm.moving_variance))
+            gamma = np.asarray(norm.gamma, np.float64) if norm.scale else 1.0
+            beta = np.asarray(norm.beta, np.float64) if norm.center else 0.0
+            scale = gamma / np.sqrt(variance + norm.epsilon)
+            bias = values[1] if len(values) > 1 else 0.0
             values = [values[0] * scale, (bias - mean) * scale + beta]
         weights[layer.name] = [v.astype(np.float32) for v in values]
+    if norms:
+        raise ConfigError(f"{model.name}: batch norm {', '.join(sorted(norms))} follows no "
+                          f"convolution named <block>_conv<i>; it cannot be folded")
     return weights
+
+
+def set_layer_weights(model: keras.Model, weights: dict[str, list]) -> None:
+    """Set weights by layer name (a model built with other layers or names gets a clear error)."""
+    for name, values in weights.items():
+        model.get_layer(name).set_weights(values)
+
+
+def trained_policy(model: keras.Model) -> str:
+    """The dtype policy a model was trained with, e.g. "mixed_bfloat16". Keras saves it per
+    layer: a loaded model itself reports the global policy of the moment it was loaded."""
+    return next((layer.dtype_policy.name for layer in model.layers if layer.weights),
+                model.dtype_policy.name)

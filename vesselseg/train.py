@@ -280,7 +280,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     from .devices import environment_facts, gpus, make_strategy, set_precision
     from .losses import make_loss
     from .metrics import training_metrics
-    from .model import check_architecture, get_model
+    from .model import check_architecture, get_model, set_layer_weights
     from .pipeline import make_dataset, split_rows, steps_per_epoch
     from .plots import learning_curves
     from .preprocess import load_preprocess_config
@@ -328,8 +328,8 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     with strategy.scope():
         model = get_model(config.architecture, base_filters=config.base_filters, depth=config.depth,
                           batch_norm=config.batch_norm, dropout=config.dropout)
-        for name, values in (init_weights or {}).items():  # a resumed run then restores
-            model.get_layer(name).set_weights(values)      # its later weights (backup/)
+        # a resumed run then restores its later weights (backup/)
+        set_layer_weights(model, init_weights or {})
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss,
                       metrics=training_metrics())
     previous = _read_status(run).get("elapsed", 0.0) if resumed else 0.0

@@ -277,12 +277,13 @@ def default_precision(run: Path | None) -> str:
         load_keras_model,
         resolve_inference_precision,
     )
+    from ..model import trained_policy
 
     if run is None:
         chosen = resolve_inference_precision(PRETRAINED_PRECISION)
     else:
-        chosen = load_keras_model(run / MODEL_FILE).dtype_policy.compute_dtype
-    return "bfloat16" if chosen == "bfloat16" else "float32"
+        chosen = trained_policy(load_keras_model(run / MODEL_FILE))
+    return "bfloat16" if (chosen or "").endswith("bfloat16") else "float32"
 
 
 def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "float32") -> dict:
