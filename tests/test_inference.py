@@ -250,19 +250,15 @@ def test_a_run_trained_in_bfloat16_computes_in_bfloat16_by_default(tiny_run, tmp
     """Keras saves the dtype policy per layer; the run's own precision must survive loading."""
     import shutil
 
-    import keras
-
     from vesselseg.benchmarks.speed import default_precision
+    from vesselseg.devices import dtype_policy
     from vesselseg.model import get_model
 
     run = tmp_path / "bf16_run"
     shutil.copytree(tiny_run, run)
     trained = load_keras_model(run / "best.keras")
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with dtype_policy("mixed_bfloat16"):
         model = get_model("unet", base_filters=4, depth=2, batch_norm=True)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     model.set_weights(trained.get_weights())
     model.save(run / "best.keras")
 

@@ -10,6 +10,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from vesselseg.devices import dtype_policy  # noqa: E402
 from vesselseg.errors import ConfigError  # noqa: E402
 from vesselseg.model import (  # noqa: E402
     architecture_names,
@@ -64,16 +65,12 @@ def test_default_model_is_open_size(architecture):
 
 @pytest.mark.parametrize("architecture", architecture_names())
 def test_output_is_float32_under_mixed_bfloat16(architecture):
-    previous = keras.mixed_precision.global_policy().name
-    try:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    with dtype_policy("mixed_bfloat16"):
         model = get_model(architecture, **TINY)
         assert model.get_layer("logits").compute_dtype == "bfloat16"
         output = model(np.zeros((1, 64, 64, 3), np.float32))
         assert keras.backend.standardize_dtype(output.dtype) == "float32"
         assert model.output.dtype == "float32"
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
@@ -218,10 +215,7 @@ def test_a_model_without_batch_norm_folds_to_its_own_weights():
 def test_the_trained_policy_survives_saving_and_loading(tmp_path):
     from vesselseg.inference import load_keras_model
 
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with dtype_policy("mixed_bfloat16"):
         model = get_model("unet", **TINY)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     model.save(tmp_path / "model.keras")
     assert trained_policy(load_keras_model(tmp_path / "model.keras")) == "mixed_bfloat16"

@@ -8,9 +8,11 @@ the same code path runs on CPU (logical devices in tests).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -61,6 +63,18 @@ def set_precision(requested: str) -> str:
     policy = resolve_precision(requested)
     keras.mixed_precision.set_global_policy(policy)
     return policy
+
+
+@contextlib.contextmanager
+def dtype_policy(policy: str) -> Iterator[None]:
+    """Build models under a Keras dtype policy (e.g. "mixed_bfloat16"), then restore the
+    previous global policy: models built meanwhile keep theirs."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def split_cpu(count: int) -> list:

@@ -374,20 +374,15 @@ def inference_model(run: str | Path, config: TrainConfig, precision: str | None 
     """The run's model rebuilt for inference: batch norm folded into the convolutions (the same
     function, fewer passes over the feature maps; see `folded_batch_norm_weights`), computing in
     `precision` ("float32" or "bfloat16"; None: the dtype policy it was trained with)."""
-    import keras
-
+    from .devices import dtype_policy
     from .model import folded_batch_norm_weights, get_model, set_layer_weights, trained_policy
 
     trained = load_keras_model(Path(run) / MODEL_FILE)
     policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}.get(precision,
                                                                        trained_policy(trained))
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(policy)
-    try:
+    with dtype_policy(policy):
         model = get_model(config.architecture, base_filters=config.base_filters,
                           depth=config.depth, batch_norm=False)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     set_layer_weights(model, folded_batch_norm_weights(trained))
     return model
 

@@ -177,7 +177,7 @@ def training_throughput(data: str | Path, base_filters: int, steps: int = 40,
     import tensorflow as tf
 
     from ..config import AugmentConfig
-    from ..devices import gpus
+    from ..devices import dtype_policy, gpus
     from ..losses import make_loss
     from ..model import get_model
     from ..pipeline import make_dataset, split_rows
@@ -191,8 +191,7 @@ def training_throughput(data: str | Path, base_filters: int, steps: int = 40,
     # threads competed with the model for the 2 cores and made the baseline the slower source
     in_memory = tf.data.Dataset.from_tensors(next(iter(real))).repeat().with_options(real.options())
     datasets = {"pipeline": real, "in_memory": in_memory}
-    keras.mixed_precision.set_global_policy(policy)
-    try:
+    with dtype_policy(policy):
         models = {}
         for label in sources:
             keras.utils.set_random_seed(0)
@@ -208,8 +207,6 @@ def training_throughput(data: str | Path, base_filters: int, steps: int = 40,
                 start = time.perf_counter()
                 models[label].fit(datasets[label], steps_per_epoch=steps, epochs=1, verbose=0)
                 results[label] = max(results[label], 4 * steps / (time.perf_counter() - start))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     return results
 
 
