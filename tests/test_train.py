@@ -247,33 +247,6 @@ def test_a_wnet_grows_from_a_unet_run(tiny_run, tmp_path):
     assert abs(grown.get_layer("second_logits").get_weights()[0]).max() < 1e-6
 
 
-def test_a_run_without_batch_norm_starts_from_the_folded_network(tiny_run, tmp_path):
-    """The batch norms are folded into the convolutions: at a vanishing learning rate the new
-    network computes what the starting one did."""
-    from vesselseg.inference import load_keras_model
-
-    config = replace(load_config(TrainConfig, tiny_run / "config.json"), runs_dir=str(tmp_path),
-                     batch_norm=False, init_from=str(tiny_run), epochs=1, steps_per_epoch=1,
-                     learning_rate=1e-9)
-    shed = load_keras_model(train(config, progress=False) / "best.keras")
-    start = load_keras_model(tiny_run / "best.keras")
-    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in shed.layers)
-    shape = (2, *(size or 128 for size in start.input_shape[1:]))
-    photos = np.random.default_rng(0).random(shape, dtype=np.float32)
-    assert abs(shed.predict(photos, verbose=0) - start.predict(photos, verbose=0)).max() < 1e-4
-
-
-def test_batch_norm_cannot_be_added_when_fine_tuning(tiny_run, synthetic_preprocessed, tmp_path,
-                                                     capsys):
-    shed = replace(load_config(TrainConfig, tiny_run / "config.json"),
-                   runs_dir=str(tmp_path / "shed"), batch_norm=False, epochs=1, steps_per_epoch=1)
-    run = train(shed, progress=False)
-    code = main(["--data", str(synthetic_preprocessed), "--runs-dir", str(tmp_path / "runs"),
-                 "--base-filters", "4", "--depth", "2", "--init-from", str(run)])
-    assert code != 0
-    assert "batch_norm False (this run: True)" in capsys.readouterr().err
-
-
 def _assert_same_kernels(before_file, after_file):
     """After training at a vanishing learning rate only BatchNorm's moving statistics move: the
     convolution kernels must be the starting model's."""

@@ -243,18 +243,10 @@ def grows_unet_into_wnet(config: TrainConfig, init: TrainConfig) -> bool:
     return (init.architecture, config.architecture) == ("unet", "wnet")
 
 
-def sheds_batch_norm(config: TrainConfig, init: TrainConfig) -> bool:
-    """A run without batch norm may start from one with it: the batch norms are folded into the
-    convolutions (the same function), and the run then trains about 3x faster under bfloat16."""
-    return init.batch_norm and not config.batch_norm
-
-
 def check_init_compatible(config: TrainConfig, init: TrainConfig, folder: Path) -> None:
-    """Fine-tuning needs the same network (or a W-Net grown from that U-Net, or the network
-    without its batch norms) and the same model inputs as the starting run."""
+    """Fine-tuning needs the same network (or a W-Net grown from that U-Net) and the same model
+    inputs as the starting run."""
     keys = ARCHITECTURE_KEYS[1:] if grows_unet_into_wnet(config, init) else ARCHITECTURE_KEYS
-    if sheds_batch_norm(config, init):
-        keys = tuple(key for key in keys if key != "batch_norm")
     differences = [f"{key} {getattr(init, key)!r} (this run: {getattr(config, key)!r})"
                    for key in keys if getattr(init, key) != getattr(config, key)]
     differences += [f"preprocess.{key} {getattr(init.preprocess, key)!r} (this data: "
@@ -271,15 +263,12 @@ def checked_init_weights(config: TrainConfig) -> dict[str, list]:
     to fit this run (before any run folder exists, so a bad starting run leaves nothing
     behind). A W-Net grown from a U-Net starts from the U-Net's own maps."""
     from .inference import load_keras_model
-    from .model import folded_batch_norm_weights, wnet_weights_from_unet
+    from .model import wnet_weights_from_unet
 
     folder, model_path, init = starting_run(config.init_from)
     check_init_compatible(config, init, folder)
     trained = load_keras_model(model_path)
-    if sheds_batch_norm(config, init):
-        weights = folded_batch_norm_weights(trained)
-    else:
-        weights = {layer.name: layer.get_weights() for layer in trained.layers if layer.weights}
+    weights = {layer.name: layer.get_weights() for layer in trained.layers if layer.weights}
     return wnet_weights_from_unet(weights) if grows_unet_into_wnet(config, init) else weights
 
 
