@@ -33,6 +33,7 @@ from .config import (
 )
 from .errors import ConfigError, VesselsegError
 from .io import write_text_atomic
+from .outputs import new_folder
 
 STATUS_FILE = "status.json"
 
@@ -89,16 +90,7 @@ def find_unfinished_run(config: TrainConfig) -> Path | None:
 
 def new_run_folder(config: TrainConfig) -> Path:
     """A fresh, never-used folder: timestamp + run name (+ a counter on collision)."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    base = Path(config.runs_dir) / f"{stamp}_{config.run_name}"
-    folder, counter = base, 1
-    while True:
-        try:
-            folder.mkdir(parents=True, exist_ok=False)
-            return folder
-        except FileExistsError:
-            counter += 1
-            folder = base.with_name(f"{base.name}-{counter}")
+    return new_folder(config.runs_dir, config.run_name)
 
 
 def _read_status(run: Path) -> dict:
