@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := artifacts/demo
 
-.PHONY: venv demo test lint clean-demo
+.PHONY: venv demo test lint
 
 $(BIN)/activate: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)

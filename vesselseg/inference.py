@@ -1,9 +1,9 @@
 """The one inference engine shared by `test`, `eval`, the threshold choice and the Python API.
 
 A Segmenter holds a model, the preprocessing it was trained with and its decision threshold. It
-prepares a photo exactly as training did, predicts at the training size (or tiles a larger working
-size with overlap), optionally averages flipped copies (TTA), and maps probabilities back onto the
-photo's native pixel grid.
+prepares a photo exactly as training did, predicts at its working size (whole up to 1.5x the
+training size, tiled with overlap beyond), optionally averages flipped copies (TTA), and maps
+probabilities back onto the photo's native pixel grid.
 """
 from __future__ import annotations
 

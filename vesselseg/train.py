@@ -438,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps-per-epoch", type=int,
                         help="batches per epoch (default: one pass over the training images)")
     parser.add_argument("--budget-minutes", type=float,
-                        help="stop after this much wall-clock time (best model kept)")
+                        help="stop after this much wall-clock time (the model --keep chooses "
+                             "is kept)")
     parser.add_argument("--init-from", metavar="RUN",
                         help="fine-tune: start from a finished run's weights, or 'pretrained' "
                              "for the model shipped in the package (same network and "

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="preprocessed folder at 512x512")
     parser.add_argument("--base-filters", type=int, default=8,
                         help="U-Net width (default 8, the former v0.2 model's; the shipped "
-                             "v0.3 model is 16)")
+                             "model is 16)")
     parser.add_argument("--steps", type=int, default=40,
                         help="timed training steps per source (default 40; short runs flatter "
                              "the pipeline, whose prefetch buffer hides its first steps)")
