@@ -1,5 +1,5 @@
 """Architectures: parameter count, open input size, mixed precision, registry, FLOPs, W-Net,
-batch norm folded for inference."""
+the fused batch norm, batch norm folded for inference."""
 from __future__ import annotations
 
 import os
@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 from vesselseg.devices import dtype_policy  # noqa: E402
 from vesselseg.errors import ConfigError  # noqa: E402
 from vesselseg.model import (  # noqa: E402
+    FusedBatchNormalization,
     architecture_names,
     folded_batch_norm_weights,
     forward_flops,
@@ -219,3 +220,67 @@ def test_the_trained_policy_survives_saving_and_loading(tmp_path):
         model = get_model("unet", **TINY)
     model.save(tmp_path / "model.keras")
     assert trained_policy(load_keras_model(tmp_path / "model.keras")) == "mixed_bfloat16"
+
+
+def _norm_pair(**options):
+    """A Keras batch norm and the fused one, built alike (same initial variables)."""
+    return keras.layers.BatchNormalization(**options), FusedBatchNormalization(**options)
+
+
+def test_fused_batch_norm_trains_like_keras_batch_norm():
+    import tensorflow as tf
+
+    image = np.random.default_rng(4).normal(2.0, 3.0, (2, 8, 8, 5)).astype(np.float32)
+    results = []
+    for norm in _norm_pair(momentum=0.9):
+        norm.build(image.shape)
+        norm.gamma.assign(np.linspace(0.5, 1.5, 5))
+        norm.beta.assign(np.linspace(-1.0, 1.0, 5))
+        x = tf.constant(image)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = norm(x, training=True)
+            loss = tf.reduce_sum(outputs * tf.range(5, dtype=tf.float32))
+        grads = tape.gradient(loss, [x, norm.gamma, norm.beta])
+        results.append([outputs, *grads, norm.moving_mean, norm.moving_variance,
+                        norm(x, training=False)])
+    for keras_value, fused_value in zip(*results, strict=True):
+        # float32 rounding: the gamma gradient, 0 in exact arithmetic, sums 128 terms
+        np.testing.assert_allclose(np.asarray(fused_value), np.asarray(keras_value),
+                                   rtol=1e-5, atol=1e-4)
+
+
+def test_fused_batch_norm_keeps_bfloat16_maps_close_to_keras():
+    image = np.random.default_rng(5).normal(0.0, 2.0, (2, 16, 16, 8)).astype(np.float32)
+    with dtype_policy("mixed_bfloat16"):
+        keras_norm, fused_norm = _norm_pair()
+        expected, outputs = (norm(image, training=True) for norm in (keras_norm, fused_norm))
+    assert outputs.dtype == expected.dtype == "bfloat16"
+    np.testing.assert_allclose(np.asarray(outputs, np.float32), np.asarray(expected, np.float32),
+                               atol=0.05)
+    np.testing.assert_allclose(np.asarray(fused_norm.moving_variance),
+                               np.asarray(keras_norm.moving_variance), rtol=1e-3)
+
+
+def test_a_frozen_fused_batch_norm_uses_its_moving_statistics():
+    keras_norm, fused_norm = _norm_pair()
+    image = np.random.default_rng(6).normal(1.0, 2.0, (2, 8, 8, 3)).astype(np.float32)
+    for norm in (keras_norm, fused_norm):
+        norm.build(image.shape)
+        norm.moving_mean.assign([1.0, 2.0, 3.0])
+        norm.trainable = False
+    np.testing.assert_allclose(np.asarray(fused_norm(image, training=True)),
+                               np.asarray(keras_norm(image, training=True)), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(fused_norm.moving_mean), [1.0, 2.0, 3.0])
+
+
+def test_models_with_the_fused_batch_norm_load_in_safe_mode(tmp_path):
+    from vesselseg.inference import load_keras_model
+
+    model = get_model("unet", batch_norm=True, **TINY)
+    assert any(isinstance(layer, FusedBatchNormalization) for layer in model.layers)
+    model.save(tmp_path / "model.keras")
+    loaded = load_keras_model(tmp_path / "model.keras")
+    assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
+    image = np.random.default_rng(7).random((1, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(model(image)), atol=1e-6)

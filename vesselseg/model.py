@@ -31,12 +31,44 @@ def architecture_names() -> list[str]:
     return sorted(_ARCHITECTURES)
 
 
+@keras.saving.register_keras_serializable(package="vesselseg")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """Keras batch norm whose training step runs TensorFlow's fused kernel in the input's dtype.
+
+    Keras 3 normalises in float32 in separate ops, casting bfloat16 maps to float32 and back, so
+    on a CPU training with batch norm ran 2.4x slower in mixed bfloat16 (1.3x in float32) than
+    this one op, which keeps the statistics in float32 but reads and writes the maps once, in
+    their own dtype. Same variables, same maths (to rounding): inference, other backends, masks
+    and synchronised batch norm take Keras's own path."""
+
+    def call(self, inputs, training=None, mask=None):
+        if (not training or not self.trainable or mask is not None or self.synchronized
+                or self.renorm or len(inputs.shape) != 4 or self.axis not in (-1, 3)
+                or self.epsilon < 1.001e-5 or keras.backend.backend() != "tensorflow"):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        channels = inputs.shape[-1]
+        gamma = self.gamma if self.scale else tf.ones((channels,))
+        beta = self.beta if self.center else tf.zeros((channels,))
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, tf.cast(gamma, "float32"), tf.cast(beta, "float32"),
+            epsilon=self.epsilon, is_training=True)[:3]
+        # the kernel hands back the unbiased variance; Keras averages the biased one
+        count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), "float32")
+        variance = variance * (count - 1.0) / count
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(moving * self.momentum
+                          + tf.cast(batch, moving.dtype) * (1.0 - self.momentum))
+        return outputs
+
+
 def _conv_block(x, filters: int, batch_norm: bool, dropout: float, name: str):
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm,
                           kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
         if batch_norm:
-            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
+            x = FusedBatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
         if dropout and i == 1:
             x = layers.SpatialDropout2D(dropout, name=f"{name}_dropout")(x)
