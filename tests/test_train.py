@@ -130,6 +130,17 @@ def test_cosine_schedule_follows_the_wall_clock_budget():
     assert cosine_learning_rate(by_epoch, 5, 1e6) == pytest.approx((1e-3 + 1e-5) / 2)
 
 
+def test_cosine_schedule_ends_with_the_epochs_when_they_run_out_before_the_budget():
+    """A fast machine (a GPU) runs a recipe's epochs well inside its budget: the decay must
+    still reach its low-rate end by the last epoch."""
+    config = TrainConfig(lr_schedule="cosine", learning_rate=1e-3, min_learning_rate=1e-5,
+                         epochs=11, budget_minutes=60)
+    assert cosine_learning_rate(config, 5, 60.0) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert cosine_learning_rate(config, 10, 120.0) == pytest.approx(1e-5)
+    # and the budget still wins when time runs out first
+    assert cosine_learning_rate(config, 1, 1800.0) == pytest.approx((1e-3 + 1e-5) / 2)
+
+
 def test_a_recipe_asking_for_other_preprocessing_names_the_fix(synthetic_preprocessed, tmp_path):
     """The DRIVE recipe asks for green-channel CLAHE: data made without it is an error, not a
     silent fallback to whatever the folder holds."""

@@ -144,13 +144,13 @@ def build_callbacks(config: TrainConfig, run: Path, best_so_far: float | None, s
 
 
 def cosine_learning_rate(config: TrainConfig, epoch: int, elapsed_seconds: float) -> float:
-    """Cosine decay from learning_rate to min_learning_rate. With a wall-clock budget the decay
-    follows the time spent, not the epoch count: a budgeted run stops long before `epochs`, and an
-    epoch-based decay would never reach its low-rate end."""
+    """Cosine decay from learning_rate to min_learning_rate over whichever limit comes first, the
+    epochs or the wall-clock budget: on a CPU a budgeted run stops long before `epochs`, and an
+    epoch-based decay would never reach its low-rate end; on a faster machine the same recipe
+    runs out of epochs first, and a time-based decay would stop it still at a high rate."""
+    progress = epoch / max(1, config.epochs - 1)
     if config.budget_minutes:
-        progress = elapsed_seconds / (config.budget_minutes * 60.0)
-    else:
-        progress = epoch / max(1, config.epochs - 1)
+        progress = max(progress, elapsed_seconds / (config.budget_minutes * 60.0))
     progress = min(1.0, max(0.0, progress))
     return config.min_learning_rate + 0.5 * (config.learning_rate - config.min_learning_rate) * (
         1 + math.cos(math.pi * progress))
