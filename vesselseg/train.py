@@ -428,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "cldice, bce_dice_cldice, bce_dice_skeleton")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                         help="plateau (default): halve the rate when validation stalls "
-                             "(ReduceLROnPlateau); cosine: decay to the minimum over the "
-                             "--budget-minutes if set, else over --epochs")
+                             "(ReduceLROnPlateau); cosine: decay to the minimum over --epochs "
+                             "or --budget-minutes, whichever ends first")
     parser.add_argument("--keep", choices=KEEP_CHOICES,
                         help="which epoch's model the run keeps as best.keras: best (default: "
                              "highest validation Dice) or last (for --lr-schedule cosine)")
