@@ -44,6 +44,8 @@ TARGETS = {
     "pipeline_overhead": 0.10, "hrf_rss_mb": 2048.0, "backend_ratio": 1.2,
     "linearity": 1.5,  # marginal cost per pixel, last step / first step (growth at most linear)
 }
+#: Training precisions the benchmark times, and the prefix of their keys in figures["training"].
+TRAINING_PRECISIONS = (("float32", ""), ("bfloat16", "bfloat16_"))
 
 
 def _timed(func, repeat: int, warmup: int = 2) -> float:
@@ -397,7 +399,7 @@ def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "f
                         pipeline_overhead=training["in_memory"] / training["pipeline"] - 1,
                         bfloat16_pipeline_overhead=bfloat16["in_memory"] / bfloat16["pipeline"] - 1)
         figures["training"] = training
-        for label, prefix in (("float32", ""), ("bfloat16 (mixed)", "bfloat16_")):
+        for label, prefix in TRAINING_PRECISIONS:
             overhead = training[f"{prefix}pipeline_overhead"]
             say(f"  {label}: in-memory {training[f'{prefix}in_memory']:.2f}, tf.data pipeline "
                 f"{training[f'{prefix}pipeline']:.2f}: overhead {100 * overhead:.1f} % (target "
@@ -498,8 +500,7 @@ def markdown_table(figures: dict) -> str:
     rows += [f"| training batch 4, tf.data vs in-memory ({label}) | {t[f'{prefix}pipeline']:.2f} "
              f"vs {t[f'{prefix}in_memory']:.2f} img/s "
              f"({100 * t[f'{prefix}pipeline_overhead']:.1f} % overhead) | <= 10 % |"
-             for label, prefix in (("float32", ""), ("bfloat16", "bfloat16_"))
-             if f"{prefix}pipeline_overhead" in t]
+             for label, prefix in TRAINING_PRECISIONS]
     rows += [f"| training batch 4, bfloat16 vs float32 (pipeline) | "
              f"{t['bfloat16_pipeline']:.2f} vs {t['pipeline']:.2f} img/s | |",
              f"| peak RSS, training batch 4 | {figures['training_peak_rss_mb']:.0f} MB | |",
