@@ -84,7 +84,7 @@ def load_keras_model(path: str | Path):
     """Load a .keras file in safe mode: a file carrying code (Lambda layers...) is refused."""
     import keras
 
-    from . import metrics  # noqa: F401  (registers the custom metric classes)
+    from . import metrics, model  # noqa: F401  (register the custom metric and layer classes)
 
     path = Path(path)
     if not path.exists():
