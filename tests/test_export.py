@@ -250,3 +250,30 @@ def test_a_run_with_a_working_size_is_exported_at_that_size(tiny_run, tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="stale: it takes .* re-export"):
         Segmenter.from_run(run, backend="onnx")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_a_run_trained_in_bfloat16_exports_a_float32_graph(tiny_run, tmp_path, fmt):
+    """Converters and ONNX Runtime take no bfloat16 graphs; a run saved under the mixed
+    bfloat16 policy (as the shipped model is) still exports, in float32, and matches Keras."""
+    from vesselseg.config import TrainConfig, load_config
+    from vesselseg.devices import dtype_policy
+    from vesselseg.export import export_run, load_runner, verification_inputs
+    from vesselseg.inference import load_keras_model
+    from vesselseg.model import get_model, trained_policy
+
+    run = _copy_run(tiny_run, tmp_path / "run")
+    config = load_config(TrainConfig, run / "config.json")
+    trained = load_keras_model(run / "best.keras")
+    with dtype_policy("mixed_bfloat16"):
+        mixed = get_model(config.architecture, base_filters=config.base_filters,
+                          depth=config.depth, batch_norm=config.batch_norm)
+    mixed.set_weights(trained.get_weights())
+    mixed.save(run / "best.keras")
+    assert trained_policy(load_keras_model(run / "best.keras")) == "mixed_bfloat16"
+    result = export_run(run, fmt)
+    assert result.max_abs_diff < TOLERANCE
+    batch = verification_inputs(config.preprocess.size, seed=3)["synthetic fundus"]
+    expected = np.asarray(trained(batch, training=False), dtype=np.float32)
+    got = load_runner(fmt, result.path)(batch)
+    assert np.abs(got.reshape(expected.shape) - expected).max() < TOLERANCE

@@ -374,7 +374,7 @@ def _format_diffs(diffs: dict[str, float]) -> str:
 def export_run(run: str | Path, fmt: str, out: str | Path | None = None, overwrite: bool = False,
                opset: int = DEFAULT_OPSET, tolerance: float = TOLERANCE) -> ExportResult:
     """Export, verify against Keras, then publish atomically; the result carries the diffs."""
-    from .inference import export_size, load_keras_model, run_files
+    from .inference import export_size, inference_model, run_files
 
     check_format(fmt)
     start = time.monotonic()
@@ -385,7 +385,8 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, overwri
     if fmt == "onnx":
         for module in ("tf2onnx", "onnx", "onnxruntime"):
             _need(module, "ONNX export")
-    model = load_keras_model(model_path)
+    # float32 whatever the run trained in: converters and ONNX Runtime take no bfloat16 graphs
+    model = inference_model(run, config, precision="float32")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "savedmodel":
