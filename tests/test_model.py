@@ -284,3 +284,18 @@ def test_models_with_the_fused_batch_norm_load_in_safe_mode(tmp_path):
     assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
     image = np.random.default_rng(7).random((1, 32, 32, 3), dtype=np.float32)
     np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(model(image)), atol=1e-6)
+
+
+def test_a_fresh_process_loads_a_fused_batch_norm_model(tmp_path):
+    """`load_keras_model` registers the layer itself: `benchmarks.pretrained --ship` loads a
+    run in a process that never imported `vesselseg.model`, and failed there before."""
+    import subprocess
+    import sys
+
+    get_model("unet", batch_norm=True, **TINY).save(tmp_path / "model.keras")
+    code = ("from vesselseg.inference import load_keras_model; "
+            f"print(type(load_keras_model({str(tmp_path / 'model.keras')!r})).__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("Functional")
