@@ -54,6 +54,50 @@ def test_flip_tta_averages_four_flips(segmenter):
     assert np.allclose(flipped[:, :, ::-1], direct, atol=1e-4)
 
 
+def test_multiscale_averages_native_probabilities_of_each_scale(segmenter):
+    from vesselseg.inference import Segmenter
+
+    fundus = generate_fundus(5, 150)
+    multi = Segmenter(segmenter.model, segmenter.preprocess, threshold=0.4, depth=2,
+                      scales=(1.0, 1.25, 1.5))
+    assert multi.scale_sizes == [128, 160, 192] and multi.setting == "scales=1,1.25,1.5"
+    averaged = multi.predict(fundus.image, fundus.fov)
+    singles = [multi.at_size(size).predict(fundus.image, fundus.fov).probability
+               for size in (128, 160, 192)]
+    assert not np.allclose(singles[0], singles[2], atol=1e-3)  # the scales do differ
+    assert np.allclose(averaged.probability, np.mean(singles, axis=0), atol=1e-6)
+    assert np.array_equal(averaged.mask, (averaged.probability >= 0.4) & averaged.fov)
+    assert multi.scales == (1.0, 1.25, 1.5)  # at_size left the original alone
+    # the streaming path gives the same maps, errors still reported per item
+    images = {"a": (fundus.image, fundus.fov), "b": None}
+
+    def load(key):
+        if images[key] is None:
+            raise OSError("unreadable")
+        return images[key]
+
+    streamed = dict(multi.predict_many(["a", "b"], load))
+    assert np.allclose(streamed["a"].probability, averaged.probability, atol=1e-6)
+    assert "unreadable" in str(streamed["b"])
+
+
+@pytest.mark.parametrize("text, expected", [("multi", None), ("1,1.25", (1.0, 1.25)),
+                                            ("1", (1.0,))])
+def test_parse_scales(text, expected):
+    from vesselseg.inference import MULTI_SCALES, parse_scales
+
+    assert parse_scales(text) == (expected or MULTI_SCALES)
+
+
+@pytest.mark.parametrize("text", ["", "0.5,1", "1,1", "big"])
+def test_parse_scales_rejects_bad_lists(text):
+    from vesselseg.errors import ConfigError
+    from vesselseg.inference import parse_scales
+
+    with pytest.raises(ConfigError, match="scales"):
+        parse_scales(text)
+
+
 def test_tiled_prediction_agrees_with_whole_image_inside_tiles():
     keras.utils.set_random_seed(1)
     model = get_model("unet", base_filters=4, depth=2, batch_norm=False)

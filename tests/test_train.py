@@ -218,8 +218,36 @@ def test_rethreshold_refuses_other_validation_images(tiny_run, tmp_path, capsys)
     record = json.loads((run / "threshold.json").read_text())
     (run / "threshold.json").write_text(json.dumps({**record, "validation_images": ["other"]}))
     assert main(["--rethreshold", str(run)]) != 0
-    assert "no longer hold the validation images" in capsys.readouterr().err
+    assert "do not hold the validation images" in capsys.readouterr().err
     assert json.loads((run / "threshold.json").read_text())["validation_images"] == ["other"]
+
+
+def test_rethreshold_adds_a_threshold_for_an_averaging_setting(tiny_run, tmp_path, capsys):
+    """--tta / --scales choose a threshold for that setting beside the plain one, which stays;
+    a Segmenter of that setting then uses it, and a later plain rethreshold keeps it."""
+    import shutil
+
+    from vesselseg.inference import Segmenter
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    plain = json.loads((run / "threshold.json").read_text())
+    record = {**plain, "threshold": 0.123}
+    (run / "threshold.json").write_text(json.dumps(record))
+    assert main(["--rethreshold", str(run), "--tta", "--scales", "1,1.5",
+                 "--data", *load_config(TrainConfig, run / "config.json").data.split(",")]) == 0
+    assert "flips+scales=1,1.5" in capsys.readouterr().out
+    after = json.loads((run / "threshold.json").read_text())
+    assert after["threshold"] == 0.123  # the plain setting's threshold is untouched
+    chosen = after["settings"]["flips+scales=1,1.5"]
+    assert 0.0 <= chosen["threshold"] <= 1.0 and chosen["working_size"] == 128
+    averaged = Segmenter.from_run(run, tta=True, scales=(1.0, 1.5))
+    assert averaged.threshold == chosen["threshold"] and averaged.threshold_source == "validation"
+    flips_only = Segmenter.from_run(run, tta=True)
+    assert flips_only.threshold == 0.123
+    assert flips_only.threshold_source == "validation, plain setting"
+    assert main(["--rethreshold", str(run)]) == 0
+    assert json.loads((run / "threshold.json").read_text())["settings"] == after["settings"]
 
 
 def test_rethreshold_refuses_an_unfinished_run(tiny_run, tmp_path, capsys):

@@ -164,6 +164,7 @@ def _main(args: argparse.Namespace) -> int:
         write_text_atomic(summary, json.dumps(
             {"model": segmenter.source, "backend": segmenter.backend,
              "threshold": segmenter.threshold, "tta": segmenter.tta,
+             "scales": list(segmenter.scales),
              "compute_precision": segmenter.compute_precision,
              "working_size": segmenter.working_size,
              "results": [{"image": str(r.path), "vessel_density": r.vessel_density,

@@ -2,11 +2,12 @@
 
 A Segmenter holds a model, the preprocessing it was trained with and its decision threshold. It
 prepares a photo exactly as training did, predicts at its working size (whole up to 1.5x the
-training size, tiled with overlap beyond), optionally averages flipped copies (TTA), and maps
-probabilities back onto the photo's native pixel grid.
+training size, tiled with overlap beyond), optionally averages flipped copies (TTA) and several
+magnifications (multi-scale), and maps probabilities back onto the photo's native pixel grid.
 """
 from __future__ import annotations
 
+import copy
 import json
 import queue
 import threading
@@ -37,6 +38,34 @@ INFERENCE_PRECISIONS = ("auto", "float32", "bfloat16")
 PRETRAINED_PRECISION = "auto"
 #: The Keras model runs a working image whole up to this multiple of its training size
 WHOLE_IMAGE_MAX_SCALE = 1.5
+#: `--scales multi`: the magnifications of the working size whose probabilities multi-scale
+#: inference averages (chosen on the shipped model's validation images; README "Results").
+MULTI_SCALES = (1.0, 1.11, 1.22)
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """"1,1.25" -> (1.0, 1.25); "multi" -> MULTI_SCALES. Each factor multiplies the working
+    size; the working image at every factor must be at least the model's input size."""
+    if text.strip().lower() == "multi":
+        return MULTI_SCALES
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"scales: {text!r} is not a comma-separated list of numbers "
+                          f"(e.g. 1,1.25) or 'multi'") from None
+    if not scales or min(scales) < 1.0 or len(set(scales)) != len(scales):
+        raise ConfigError(f"scales: {text!r} must list distinct factors >= 1 (1 = the working "
+                          f"size itself)")
+    return scales
+
+
+def setting_key(tta: bool, scales: tuple[float, ...] = (1.0,)) -> str:
+    """The name of an inference setting in threshold.json: "" for the plain one, else e.g.
+    "flips+scales=1,1.25". A threshold is chosen on validation images for each setting, since
+    averaging (most of all over magnifications) shifts the probabilities."""
+    parts = (["flips"] if tta else []) + ([f"scales={','.join(f'{x:g}' for x in scales)}"]
+                                          if tuple(scales) != (1.0,) else [])
+    return "+".join(parts)
 
 
 def runs_whole_at(working_size: int, training_size: int, depth: int) -> bool:
@@ -144,7 +173,7 @@ class Segmenter:
     def __init__(self, model, preprocess: PreprocessConfig, threshold: float = 0.5,
                  tta: bool = False, working_size: int | None = None, tile_overlap: int = 64,
                  batch_size: int = 4, source: str = "", runner: Runner | None = None,
-                 backend: str = "keras", depth: int = 4):
+                 backend: str = "keras", depth: int = 4, scales: tuple[float, ...] = (1.0,)):
         self.model = model  # None when an exported model runs (backend onnx or tflite)
         self._compiled = None
         self.runner: Runner = runner if runner is not None else self._keras_run
@@ -164,6 +193,28 @@ class Segmenter:
         self.tile_overlap = tile_overlap
         self.batch_size = batch_size
         self.source = source
+        self.scales = tuple(float(x) for x in scales)
+        #: Where the threshold came from: "validation" (chosen on validation images for this
+        #: very setting), "validation, plain setting" (a TTA / multi-scale setting without a
+        #: threshold of its own), or "given".
+        self.threshold_source = "given"
+
+    @property
+    def setting(self) -> str:
+        return setting_key(self.tta, self.scales)
+
+    @property
+    def scale_sizes(self) -> list[int]:
+        """The working sizes multi-scale inference runs at: each factor times the working size,
+        rounded to a side the U-Net's pooling divides."""
+        step = 2**self.depth
+        return [int(round(self.working_size * factor / step)) * step for factor in self.scales]
+
+    def at_size(self, size: int) -> Segmenter:
+        """The same model (shared, not copied) working at `size`, one scale."""
+        single = copy.copy(self)
+        single.working_size, single.scales = size, (1.0,)
+        return single
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -193,16 +244,20 @@ class Segmenter:
         if kwargs.get("working_size") is None:  # the size the run was trained to work at
             kwargs["working_size"] = config.working_size or None
         threshold = kwargs.pop("threshold", None)
+        setting = setting_key(kwargs.get("tta", False), tuple(kwargs.get("scales", (1.0,))))
+        source = "given"
         if threshold is None:
-            threshold = read_threshold(run)
+            threshold, source = read_threshold(run, setting)
         if backend == "keras":
             model, runner = inference_model(run, config, precision), None
         else:
             from .export import runner_for_run
 
             model, runner = None, runner_for_run(run, backend)
-        return cls(model, config.preprocess, threshold=threshold, source=str(run), runner=runner,
-                   backend=backend, depth=config.depth, **kwargs)
+        segmenter = cls(model, config.preprocess, threshold=threshold, source=str(run),
+                        runner=runner, backend=backend, depth=config.depth, **kwargs)
+        segmenter.threshold_source = source
+        return segmenter
 
     @classmethod
     def pretrained(cls, **kwargs) -> Segmenter:
@@ -303,16 +358,35 @@ class Segmenter:
 
     def predict(self, image: np.ndarray, fov: np.ndarray | None = None) -> Prediction:
         """Probability map and mask at the photo's native size."""
+        if self.scales != (1.0,):
+            return self._predict_scales(image, fov)
         model_input, fov, box = self.prepare(image, fov)
         return self.finish(self.predict_prepared(model_input[None])[0], fov, box)
+
+    def _predict_scales(self, image: np.ndarray, fov: np.ndarray | None) -> Prediction:
+        """The mean of the native-size probabilities at every scale, then thresholded: a larger
+        working image shows thin vessels wider, a smaller one more context around them."""
+        if fov is None:
+            fov = estimate_fov(image)
+        total = None
+        for size in self.scale_sizes:
+            probability = self.at_size(size).predict(image, fov).probability
+            total = probability if total is None else total + probability
+        native = total / len(self.scales)
+        return Prediction(native, (native >= self.threshold) & fov, fov, self.threshold)
 
     def predict_many(self, items: Iterable, load: Callable[[object], tuple],
                      workers: int = 2, prefetch: int = 8) -> Iterator[tuple[object, object]]:
         """Yield (item, Prediction or VesselsegError) in order. Reading and preparing the next
-        photos runs in threads while the model works on the current batch."""
+        photos runs in threads while the model works on the current batch (multi-scale: one
+        photo at a time, each prepared at every scale)."""
+        multiscale = self.scales != (1.0,)
+
         def prepare(item):
             try:
                 image, fov = load(item)
+                if multiscale:
+                    return item, (image, fov)
                 return item, (image, *self.prepare(image, fov))
             except VesselsegError as exc:
                 return item, exc
@@ -336,6 +410,10 @@ class Segmenter:
             entry = ready.get()
             if entry is done:
                 finished = True
+            elif multiscale:
+                item, payload = entry
+                yield item, payload if isinstance(payload, Exception) else self.predict(*payload)
+                continue
             else:
                 pending.append(entry)
             good = [p for p in pending if not isinstance(p[1], Exception)]
@@ -390,6 +468,7 @@ def inference_model(run: str | Path, config: TrainConfig, precision: str | None 
 def add_inference_arguments(parser) -> None:
     """The options of every command that runs a model (`test`, `eval`)."""
     parser.add_argument("--tta", action="store_true", help="average flipped predictions")
+    add_scales_argument(parser)
     parser.add_argument("--backend", choices=BACKENDS, default="keras",
                         help="run the Keras model (default) or its ONNX / TFLite export "
                              "(RUN/export/, made on first use, so the run folder must be "
@@ -409,9 +488,20 @@ def add_inference_arguments(parser) -> None:
                         help="decision threshold (default: the model's validation-chosen one)")
 
 
+def add_scales_argument(parser, prefix: str = "") -> None:
+    """--scales, for every command that runs (or chooses a threshold for) a model."""
+    multi = ",".join(f"{x:g}" for x in MULTI_SCALES)
+    parser.add_argument("--scales", type=parse_scales, default=(1.0,), metavar="LIST",
+                        help=f"{prefix}average predictions at these magnifications of the "
+                             f"working size, e.g. 1,1.25, or 'multi' for {multi} (more accurate, "
+                             f"slower: the work grows with the sum of the squared factors; "
+                             f"default 1)")
+
+
 def segmenter_from_args(args) -> Segmenter:
     """The Segmenter of `--run` (default: the shipped model) with the options above."""
-    kwargs = {"tta": args.tta, "backend": args.backend, "precision": args.precision}
+    kwargs = {"tta": args.tta, "scales": args.scales, "backend": args.backend,
+              "precision": args.precision}
     if args.threshold is not None:
         kwargs["threshold"] = args.threshold
     if args.working_size is not None:
@@ -437,11 +527,19 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def read_threshold(run: str | Path) -> float:
+def read_threshold(run: str | Path, setting: str = "") -> tuple[float, str]:
+    """(threshold, source) of a run for an inference setting (`setting_key`): the one chosen
+    on validation images for that setting, else the plain setting's, else 0.5."""
     path = Path(run) / THRESHOLD_FILE
     if not path.exists():
-        return 0.5
-    return float(json.loads(path.read_text(encoding="utf-8"))["threshold"])
+        return 0.5, "default 0.5 (the run has no threshold.json)"
+    chosen = json.loads(path.read_text(encoding="utf-8"))
+    if not setting:
+        return float(chosen["threshold"]), "validation"
+    own = chosen.get("settings", {}).get(setting)
+    if own is not None:
+        return float(own["threshold"]), "validation"
+    return float(chosen["threshold"]), "validation, plain setting"
 
 
 def load_photo(path: str | Path) -> tuple[np.ndarray, None]:

@@ -129,7 +129,9 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
     summary = {
         "protocol": PROTOCOL,
         "threshold": segmenter.threshold,
+        "threshold_source": segmenter.threshold_source,
         "tta": segmenter.tta,
+        "scales": list(segmenter.scales),
         "compute_precision": segmenter.compute_precision,
         "working_size": segmenter.working_size,
         "model": segmenter.source,
@@ -227,9 +229,10 @@ def _main(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"warning: {note}", file=sys.stderr)
     print(format_table(report.table))
-    print(f"\n{PROTOCOL}; threshold {segmenter.threshold:.3f}" + (", flip TTA" if args.tta else "")
-          + f"; computed in {segmenter.compute_precision}"
-          + f"; FOV crop at {segmenter.working_size}x{segmenter.working_size}")
+    sizes = "+".join(str(size) for size in segmenter.scale_sizes)
+    print(f"\n{PROTOCOL}; threshold {segmenter.threshold:.3f} ({segmenter.threshold_source})"
+          + (", flip TTA" if args.tta else "") + f"; computed in {segmenter.compute_precision}"
+          + f"; FOV crop at {sizes} px square" + (" (averaged)" if "+" in sizes else ""))
     threshold, f1 = report.fitted_threshold
     print(f"fitted on these images: threshold {threshold:.3f} (F1 {f1:.4f}, each image weighing "
           f"the same); pass it as --threshold only if these are validation images")

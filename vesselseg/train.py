@@ -32,6 +32,7 @@ from .config import (
     to_dict,
 )
 from .errors import ConfigError, VesselsegError
+from .inference import add_scales_argument, setting_key
 from .io import write_text_atomic
 from .outputs import new_folder
 
@@ -356,14 +357,18 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     return run
 
 
-def choose_threshold(run: Path, val_rows, replaced: dict | None = None) -> float:
+def choose_threshold(run: Path, val_rows, replaced: dict | None = None, tta: bool = False,
+                     scales: tuple[float, ...] = (1.0,)) -> float:
     """Pick the best-F1 threshold on the validation images at native resolution, every image
-    weighing the same (so one camera's large photos do not choose it for all)."""
+    weighing the same (so one camera's large photos do not choose it for all).
+
+    With `tta` or `scales` (an averaging inference setting) the threshold is chosen for that
+    setting and added under "settings" in threshold.json, beside the plain one."""
     from .evaluation import PooledEvaluator, best_f1_threshold
     from .inference import THRESHOLD_FILE, Segmenter
     from .io import read_image, read_mask
 
-    segmenter = Segmenter.from_run(run, threshold=0.5)
+    segmenter = Segmenter.from_run(run, threshold=0.5, tta=tta, scales=scales)
     evaluator = PooledEvaluator(threshold=0.5)
     for _, row in val_rows.iterrows():
         image = read_image(row["native_image"])
@@ -374,19 +379,32 @@ def choose_threshold(run: Path, val_rows, replaced: dict | None = None) -> float
     threshold, f1 = evaluator.per_image_threshold()
     pooled_threshold, pooled_f1 = best_f1_threshold(evaluator.positive_hist,
                                                     evaluator.negative_hist)
-    write_text_atomic(run / THRESHOLD_FILE, json.dumps(
-        {"threshold": threshold, "validation_f1": f1, "validation_images": list(val_rows["id"]),
-         "how": "best-F1 threshold over the validation images, each image weighing the same, "
-                "native resolution, inside the FOV",
-         "working_size": segmenter.working_size,
-         "pooled_pixels_threshold": pooled_threshold, "pooled_pixels_f1": pooled_f1,
-         **({"replaced": replaced} if replaced else {})}, indent=2) + "\n")
+    choice = {"threshold": threshold, "validation_f1": f1,
+              "validation_images": list(val_rows["id"]),
+              "how": "best-F1 threshold over the validation images, each image weighing the "
+                     "same, native resolution, inside the FOV",
+              "working_size": segmenter.working_size,
+              "pooled_pixels_threshold": pooled_threshold, "pooled_pixels_f1": pooled_f1}
+    setting = setting_key(tta, scales)
+    if setting:
+        record = json.loads((run / THRESHOLD_FILE).read_text(encoding="utf-8"))
+        record.setdefault("settings", {})[setting] = {
+            key: value for key, value in choice.items() if key != "validation_images"}
+    else:
+        kept = replaced.get("settings") if replaced else None
+        record = {**choice, **({"replaced": replaced} if replaced else {}),
+                  **({"settings": kept} if kept else {})}
+    write_text_atomic(run / THRESHOLD_FILE, json.dumps(record, indent=2) + "\n")
     return threshold
 
 
-def rethreshold(run: str | Path) -> float:
+def rethreshold(run: str | Path, tta: bool = False, scales: tuple[float, ...] = (1.0,),
+                data: list[str] | None = None) -> float:
     """Choose a finished run's threshold again on its validation images (after a change of the
-    rule); the threshold it replaces is kept inside the new threshold.json."""
+    rule; the threshold it replaces is kept inside the new threshold.json), or choose one for
+    an averaging inference setting (flip TTA, several scales) and add it there. `data`: the
+    preprocessed folders holding them, when not where the run was trained (the shipped model);
+    they must hold the very validation images the run recorded."""
     from .inference import CONFIG_FILE, THRESHOLD_FILE
     from .pipeline import split_rows
 
@@ -395,11 +413,15 @@ def rethreshold(run: str | Path) -> float:
         raise ConfigError(f"{run}: not a finished run (status.json says otherwise)")
     config = load_config(TrainConfig, run / CONFIG_FILE)
     previous = json.loads((run / THRESHOLD_FILE).read_text(encoding="utf-8"))
+    if data:
+        config = replace(config, data=",".join(str(folder) for folder in data))
     val_rows = split_rows(merged_manifest(data_folders(config)), "val")
     if list(val_rows["id"]) != previous.get("validation_images"):
-        raise ConfigError(f"{run}: its data folders ({config.data}) no longer hold the validation "
-                          f"images it was trained with; run from where it was trained, with the "
-                          f"same preprocessed folders")
+        raise ConfigError(f"{run}: the data folders ({config.data}) do not hold the validation "
+                          f"images it was trained with; run from where it was trained, or pass "
+                          f"--data with the same preprocessed folders")
+    if setting_key(tta, scales):
+        return choose_threshold(run, val_rows, tta=tta, scales=scales)
     threshold = choose_threshold(run, val_rows, replaced=previous)  # one write keeps both
     _write_status(run, threshold=threshold)
     return threshold
@@ -450,7 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="one line per epoch")
     parser.add_argument("--rethreshold", metavar="RUN",
                         help="only choose finished RUN's threshold again on its validation "
-                             "images (the old one is kept in its threshold.json)")
+                             "images (the old one is kept in its threshold.json); with --tta "
+                             "and/or --scales, choose one for that inference setting instead")
+    parser.add_argument("--tta", action="store_true",
+                        help="with --rethreshold: for flip TTA (test/eval --tta)")
+    add_scales_argument(parser, prefix="with --rethreshold: for multi-scale inference: ")
     parser.add_argument("--cpu-replicas", type=int, default=0,
                         help="split the CPU into N logical devices and train with a "
                              "MirroredStrategy over them (exercises the multi-GPU code path)")
@@ -460,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = load_config(TrainConfig, args.config) if args.config else TrainConfig()
     overrides = {key: value for key, value in vars(args).items()
-                 if key not in ("config", "quiet", "cpu_replicas", "rethreshold")
+                 if key not in ("config", "quiet", "cpu_replicas", "rethreshold", "tta",
+                                "scales")
                  and value is not None}
     if "data" in overrides:
         overrides["data"] = ",".join(overrides["data"])
@@ -472,9 +499,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _main(args: argparse.Namespace) -> int:
     if args.rethreshold is not None:
-        threshold = rethreshold(args.rethreshold)
-        print(f"{args.rethreshold}: threshold {threshold:.3f} (validation best F1, every image "
-              f"weighing the same)")
+        threshold = rethreshold(args.rethreshold, args.tta, args.scales, args.data)
+        setting = setting_key(args.tta, args.scales) or "plain setting"
+        print(f"{args.rethreshold}: threshold {threshold:.3f} for {setting} (validation best "
+              f"F1, every image weighing the same)")
         return 0
     config = config_from_args(args)
     devices = None

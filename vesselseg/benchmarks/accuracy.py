@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..cli import run_cli
 from ..config import TrainConfig, load_config
+from ..inference import add_scales_argument
 from ..io import write_text_atomic
 from ..outputs import new_folder
 
@@ -33,7 +34,8 @@ PUBLISHED = {
 
 def run_benchmark(dataset: str, source: str | Path, out: str | Path,
                   budget_minutes: float | None = None, recipe: str | Path | None = None,
-                  tta: bool = False, progress: bool = True) -> dict:
+                  tta: bool = False, progress: bool = True,
+                  scales: tuple[float, ...] = (1.0,)) -> dict:
     """Preprocess, train and test; returns the results dictionary (also written as JSON)."""
     from ..train import train
 
@@ -46,7 +48,8 @@ def run_benchmark(dataset: str, source: str | Path, out: str | Path,
     config = replace(config, data=str(data), runs_dir=str(out / "runs"))
     run = train(config, progress=progress)
     results = {"dataset": dataset, "recipe": str(recipe_path), **training_facts(run),
-               **evaluate_run(run, data, run / "tests" / "benchmark", tta, progress)}
+               **evaluate_run(run, data, run / "tests" / "benchmark", tta, progress,
+                              scales=scales)}
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_text_atomic(out / "results.md", markdown_table(results))
     return results
@@ -69,16 +72,18 @@ def training_facts(run: Path) -> dict:
 
 
 def evaluate_run(run: str | Path | None, data: Path, out: Path, tta: bool = False,
-                 progress: bool = True, working_size: int | None = None) -> dict:
+                 progress: bool = True, working_size: int | None = None,
+                 scales: tuple[float, ...] = (1.0,)) -> dict:
     """Test a run (None: the shipped model) on the test split of a preprocessed folder, at
-    `working_size` (default: the model's own)."""
+    `working_size` (default: the model's own) times each of `scales` (averaged)."""
     from ..inference import Segmenter
     from ..test import items_from_manifest, run_test
 
-    options = {"tta": tta, "working_size": working_size}
+    options = {"tta": tta, "working_size": working_size, "scales": scales}
     segmenter = Segmenter.from_run(run, **options) if run else Segmenter.pretrained(**options)
     report = run_test(segmenter, items_from_manifest(data), out, progress=progress)
-    return {"threshold": segmenter.threshold, "tta": tta,
+    return {"threshold": segmenter.threshold, "threshold_source": segmenter.threshold_source,
+            "tta": tta, "scales": list(segmenter.scales),
             "compute_precision": segmenter.compute_precision,
             "working_size": segmenter.working_size, "training_size": segmenter.preprocess.size,
             "test_images": len(report.table) - 3,
@@ -119,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recipe",
                         help="TrainConfig JSON (default vesselseg/recipes/DATASET.json)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    add_scales_argument(parser)
     parser.add_argument("--out", help="output folder (default: new folder in artifacts/benchmarks)")
     return parser
 
@@ -126,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else new_folder("artifacts/benchmarks", args.dataset)
     results = run_benchmark(args.dataset, args.source, out, args.budget_minutes, args.recipe,
-                            args.tta)
+                            args.tta, scales=args.scales)
     print(markdown_table(results))
     print(f"results: {out / 'results.json'}")
     return 0

@@ -27,6 +27,7 @@ from pathlib import Path
 from ..cli import run_cli
 from ..config import TrainConfig, load_config
 from ..errors import ConfigError, DatasetError
+from ..inference import add_scales_argument
 from ..io import write_text_atomic
 from ..outputs import new_folder
 from .accuracy import (
@@ -59,10 +60,11 @@ def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | P
                              train_new: bool = False, recipe: str | Path | None = None,
                              tta: bool = False, progress: bool = True,
                              init_from: str | None = None,
-                             working_size: int | None = None) -> dict:
+                             working_size: int | None = None,
+                             scales: tuple[float, ...] = (1.0,)) -> dict:
     """Test the shipped model (or `run`, or a newly trained one) on each dataset's test split;
     `init_from` (a run or "pretrained") makes the new one a fine-tuning of it; `working_size`
-    overrides the model's own size for the tests."""
+    overrides the model's own size for the tests, `scales` averages several magnifications."""
     from ..train import starting_run, train
 
     if init_from:
@@ -80,7 +82,8 @@ def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | P
     results["model"] = str(run) if run else "shipped pretrained model"
     for name, data in folders.items():
         tests = new_folder((Path(run) if run else out) / "tests", name)
-        results["tests"][name] = evaluate_run(run, data, tests, tta, progress, working_size)
+        results["tests"][name] = evaluate_run(run, data, tests, tta, progress, working_size,
+                                              scales)
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_text_atomic(out / "results.md", markdown_table(results))
     return results
@@ -97,9 +100,14 @@ def markdown_table(results: dict) -> str:
         size = test.get("working_size", test.get("training_size"))
         lines.append(metrics_row(f"{FOLDERS[name]} ({test['test_images']} images)",
                                  results_label(results) + (" + TTA" if test["tta"] else "")
+                                 + scales_label(test.get("scales", [1.0]))
                                  + (f" at {size}" if size != test.get("training_size") else ""),
                                  test["pooled"]))
     return "\n".join(lines) + "\n"
+
+
+def scales_label(scales: list[float]) -> str:
+    return "" if list(scales) == [1.0] else " + scales " + ",".join(f"{x:g}" for x in scales)
 
 
 def ship(run: str | Path, target: str | Path) -> Path:
@@ -142,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --train: fine-tune RUN (or 'pretrained') instead of starting "
                              "from random weights")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    add_scales_argument(parser)
     parser.add_argument("--working-size", type=int, metavar="N",
                         help="test with the FOV crop at NxN (default: the model's working size)")
     parser.add_argument("--out", help="output folder (default: new folder in artifacts/benchmarks)")
@@ -161,7 +170,7 @@ def _main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else new_folder("artifacts/benchmarks", "pretrained")
     results = run_pretrained_benchmark(args.datasets, out, args.run, args.train, args.recipe,
                                        args.tta, init_from=args.init_from,
-                                       working_size=args.working_size)
+                                       working_size=args.working_size, scales=args.scales)
     print(markdown_table(results))
     print(f"protocol: {PROTOCOL}\nresults: {out / 'results.json'}")
     return 0
