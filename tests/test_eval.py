@@ -42,6 +42,23 @@ def test_every_format_is_segmented_at_native_size(tiny_run, photos, tmp_path, ca
     assert summary["compute_precision"] == "float32"
 
 
+def test_multiscale_eval_writes_the_averaged_maps_and_records_the_setting(tiny_run, photos,
+                                                                          tmp_path):
+    from vesselseg.inference import Segmenter
+
+    out = tmp_path / "out"
+    assert main([str(photos / "retina.jpg"), "--run", str(tiny_run), "--out", str(out),
+                 "--scales", "1,1.5", "--json"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scales"] == [1.0, 1.5]
+    assert summary["threshold_source"] == "validation, plain setting"  # none of its own yet
+    expected = Segmenter.from_run(tiny_run, scales=(1.0, 1.5)).predict(
+        read_image(photos / "retina.jpg")).probability
+    written = read_image(out / "retina_probability.png")
+    assert written.shape[:2] == expected.shape
+    assert np.abs(written[..., 0].astype(float) / 255 - expected).max() <= 1 / 255 + 1e-6
+
+
 def test_broken_file_is_reported_and_the_others_still_processed(tiny_run, photos, tmp_path,
                                                                 capsys):
     folder = tmp_path / "mixed"

@@ -163,7 +163,8 @@ def _main(args: argparse.Namespace) -> int:
     try:
         write_text_atomic(summary, json.dumps(
             {"model": segmenter.source, "backend": segmenter.backend,
-             "threshold": segmenter.threshold, "tta": segmenter.tta,
+             "threshold": segmenter.threshold,
+             "threshold_source": segmenter.threshold_source, "tta": segmenter.tta,
              "scales": list(segmenter.scales),
              "compute_precision": segmenter.compute_precision,
              "working_size": segmenter.working_size,
