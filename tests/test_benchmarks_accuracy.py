@@ -42,3 +42,20 @@ def test_pretrained_benchmark_refuses_init_from_without_train(capsys, tmp_path, 
     assert main(["--init-from", "pretrained"]) != 0
     assert "--init-from only applies with --train" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # no output folder made
+
+
+def test_a_benchmark_run_gets_a_threshold_for_its_test_setting(tiny_run, tmp_path):
+    """Tested with flip TTA or several scales, a run the benchmark trained uses a threshold
+    chosen on its validation images for that setting; the plain setting needs none."""
+    import json
+    import shutil
+
+    from vesselseg.benchmarks.accuracy import choose_setting_threshold
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    before = (run / "threshold.json").read_text()
+    choose_setting_threshold(run, False, (1.0,))
+    assert (run / "threshold.json").read_text() == before
+    choose_setting_threshold(run, True, (1.0, 1.5))
+    assert list(json.loads((run / "threshold.json").read_text())["settings"]) == [
+        "flips+scales=1,1.5"]

@@ -47,6 +47,7 @@ def run_benchmark(dataset: str, source: str | Path, out: str | Path,
         config = replace(config, budget_minutes=budget_minutes)
     config = replace(config, data=str(data), runs_dir=str(out / "runs"))
     run = train(config, progress=progress)
+    choose_setting_threshold(run, tta, scales)
     results = {"dataset": dataset, "recipe": str(recipe_path), **training_facts(run),
                **evaluate_run(run, data, run / "tests" / "benchmark", tta, progress,
                               scales=scales)}
@@ -63,6 +64,16 @@ def prepare_data(dataset: str, source: str | Path, data: Path, config: TrainConf
     preprocess_dataset(dataset, source, data, replace(config.preprocess), progress=progress,
                        skip_missing=True)
     return data
+
+
+def choose_setting_threshold(run: Path, tta: bool, scales: tuple[float, ...]) -> None:
+    """A run the benchmark trained is tested with flip TTA or several scales at a threshold
+    chosen on its validation images for that setting (averaging shifts the probabilities)."""
+    from ..inference import setting_key
+    from ..train import rethreshold
+
+    if setting_key(tta, scales):
+        rethreshold(run, tta, scales)
 
 
 def training_facts(run: Path) -> dict:

@@ -34,6 +34,7 @@ from .accuracy import (
     HEADER,
     PROTOCOL,
     RECIPES,
+    choose_setting_threshold,
     evaluate_run,
     metrics_row,
     prepare_data,
@@ -78,6 +79,7 @@ def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | P
         config = replace(config, data=",".join(str(f) for f in folders.values()),
                          runs_dir=str(out / "runs"), init_from=init_from or config.init_from)
         run = train(config, progress=progress)
+        choose_setting_threshold(run, tta, scales)
         results.update(training_facts(run))
     results["model"] = str(run) if run else "shipped pretrained model"
     for name, data in folders.items():
