@@ -59,6 +59,14 @@ def test_multiscale_eval_writes_the_averaged_maps_and_records_the_setting(tiny_r
     assert np.abs(written[..., 0].astype(float) / 255 - expected).max() <= 1 / 255 + 1e-6
 
 
+@pytest.mark.parametrize("scales", ["0.5", "1,1", "big"])
+def test_a_bad_scales_list_is_a_usage_error(scales, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["photo.jpg", "--scales", scales])
+    assert exit_info.value.code == 2
+    assert "--scales" in capsys.readouterr().err
+
+
 def test_broken_file_is_reported_and_the_others_still_processed(tiny_run, photos, tmp_path,
                                                                 capsys):
     folder = tmp_path / "mixed"

@@ -488,10 +488,20 @@ def add_inference_arguments(parser) -> None:
                         help="decision threshold (default: the model's validation-chosen one)")
 
 
+def _scales_argument(text: str) -> tuple[float, ...]:
+    """parse_scales for argparse: a bad list is a usage error (exit 2), not a traceback."""
+    import argparse
+
+    try:
+        return parse_scales(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_scales_argument(parser, prefix: str = "") -> None:
     """--scales, for every command that runs (or chooses a threshold for) a model."""
     multi = ",".join(f"{x:g}" for x in MULTI_SCALES)
-    parser.add_argument("--scales", type=parse_scales, default=(1.0,), metavar="LIST",
+    parser.add_argument("--scales", type=_scales_argument, default=(1.0,), metavar="LIST",
                         help=f"{prefix}average predictions at these magnifications of the "
                              f"working size, e.g. 1,1.25, or 'multi' for {multi} (more accurate, "
                              f"slower: the work grows with the sum of the squared factors; "
