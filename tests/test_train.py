@@ -250,6 +250,11 @@ def test_rethreshold_adds_a_threshold_for_an_averaging_setting(tiny_run, tmp_pat
     assert json.loads((run / "threshold.json").read_text())["settings"] == after["settings"]
 
 
+def test_inference_settings_without_rethreshold_are_refused(capsys):
+    assert main(["--data", "somewhere", "--tta"]) != 0
+    assert "only apply with --rethreshold" in capsys.readouterr().err
+
+
 def test_rethreshold_refuses_an_unfinished_run(tiny_run, tmp_path, capsys):
     import shutil
 

@@ -368,11 +368,12 @@ class Segmenter:
         working image shows thin vessels wider, a smaller one more context around them."""
         if fov is None:
             fov = estimate_fov(image)
-        total = None
-        for size in self.scale_sizes:
-            probability = self.at_size(size).predict(image, fov).probability
-            total = probability if total is None else total + probability
-        native = total / len(self.scales)
+        total = np.zeros(fov.shape, np.float32)
+        for size in self.scale_sizes:  # native maps summed; FOV and threshold applied once
+            single = self.at_size(size)
+            model_input, _, box = single.prepare(image, fov)
+            total += to_native(single.predict_prepared(model_input[None])[0], box)
+        native = total / len(self.scales) * fov
         return Prediction(native, (native >= self.threshold) & fov, fov, self.threshold)
 
     def predict_many(self, items: Iterable, load: Callable[[object], tuple],

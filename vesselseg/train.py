@@ -391,7 +391,9 @@ def choose_threshold(run: Path, val_rows, replaced: dict | None = None, tta: boo
         record.setdefault("settings", {})[setting] = {
             key: value for key, value in choice.items() if key != "validation_images"}
     else:
-        kept = replaced.get("settings") if replaced else None
+        # the settings' thresholds stay beside the new plain one (not also under "replaced")
+        replaced = dict(replaced or {})
+        kept = replaced.pop("settings", None)
         record = {**choice, **({"replaced": replaced} if replaced else {}),
                   **({"settings": kept} if kept else {})}
     write_text_atomic(run / THRESHOLD_FILE, json.dumps(record, indent=2) + "\n")
@@ -504,6 +506,9 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{args.rethreshold}: threshold {threshold:.3f} for {setting} (validation best "
               f"F1, every image weighing the same)")
         return 0
+    if args.tta or args.scales != (1.0,):
+        raise ConfigError("--tta and --scales only apply with --rethreshold RUN (training "
+                          "itself has no inference setting)")
     config = config_from_args(args)
     devices = None
     if args.cpu_replicas > 1:
