@@ -14,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 from sklearn import metrics as skm
 
 from vesselseg.evaluation import (
+    CALIBRES,
     HISTOGRAM_BINS,
     METRIC_NAMES,
     Counts,
@@ -28,6 +29,7 @@ from vesselseg.evaluation import (
     ranking_scores,
     scores_from_counts,
     summary_rows,
+    vessel_calibre,
 )
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -120,7 +122,54 @@ def test_pooled_auc_of_quantised_scores_is_exact(case):
         skm.average_precision_score(truth.ravel(), quantised), abs=1e-9)
 
 
+@PROPERTY
+@given(case=image_cases())
+def test_calibre_auc_losses_sum_to_the_pooled_auc_loss(case):
+    # each vessel pixel falls in one calibre, so the share-weighted calibre AUCs are the pooled one
+    probability, truth, fov = case
+    evaluator = PooledEvaluator(threshold=0.4)
+    evaluator.add("a", probability, truth, fov)
+    rows = evaluator.calibre()
+    assert [r["calibre"] for r in rows] == list(CALIBRES)
+    assert sum(r["vessel_pixels"] for r in rows) == evaluator.counts.tp + evaluator.counts.fn
+    assert sum(r["auc_roc_loss"] for r in rows) == pytest.approx(
+        1.0 - evaluator.pooled()["auc_roc"], abs=1e-9)
+    detected = sum(r["sensitivity"] * r["vessel_pixels"] for r in rows)
+    assert detected == pytest.approx(evaluator.counts.tp)
+
+
 # ------------------------------------------------------------------------ hand-computed cases
+
+
+def test_vessel_calibre_of_drawn_vessels():
+    truth = np.zeros((40, 60), bool)
+    truth[5, 5:55] = True  # 1 px wide
+    truth[14:16, 5:55] = True  # 2 px
+    truth[22:25, 5:55] = True  # 3 px
+    truth[30:37, 5:55] = True  # 7 px
+    calibre = vessel_calibre(truth)
+    assert (calibre[~truth] == 0).all()
+    middle = slice(10, 50)  # away from the line ends
+    assert (calibre[5, middle] == 1).all() and (calibre[14:16, middle] == 1).all()
+    assert (calibre[22:25, middle] == 2).all()
+    assert (calibre[30:37, middle] == 3).all()  # its edge pixels too
+
+
+def test_calibre_hand_case():
+    # a thin vessel missed, a wide one found: the loss of AUC-ROC is all the thin vessel's
+    truth = np.zeros((20, 20), bool)
+    truth[3, 2:18] = True
+    truth[10:15, 2:18] = True
+    probability = np.where(truth, 0.9, 0.2)
+    probability[3, 2:18] = 0.1
+    evaluator = PooledEvaluator(threshold=0.5)
+    evaluator.add("a", probability, truth, None)
+    thin, medium, wide = evaluator.calibre()
+    assert thin["vessel_pixels"] == 16 and medium["vessel_pixels"] == 0
+    assert thin["sensitivity"] == 0.0 and thin["auc_roc"] == 0.0
+    assert wide["sensitivity"] == 1.0 and wide["auc_roc"] == 1.0
+    assert math.isnan(medium["auc_roc"]) and medium["auc_roc_loss"] == 0.0
+    assert thin["auc_roc_loss"] == pytest.approx(1.0 - evaluator.pooled()["auc_roc"])
 
 
 def test_hand_case():

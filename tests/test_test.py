@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vesselseg.evaluation import METRIC_NAMES
+from vesselseg.evaluation import CALIBRES, METRIC_NAMES
 from vesselseg.inference import Segmenter
 from vesselseg.test import items_from_manifest, main, run_test
 
@@ -26,6 +26,11 @@ def test_metrics_csv_summary_and_figures_on_synthetic(tiny_run, synthetic_prepro
     fitted = summary["fitted_threshold"]
     assert (fitted["threshold"], fitted["f1"]) == pytest.approx(report.fitted_threshold)
     assert 0 < fitted["threshold"] < 1 and "never test images" in fitted["how"]
+    calibre = pd.read_csv(out / "calibre.csv")
+    assert list(calibre["calibre"]) == list(CALIBRES)
+    assert calibre["auc_roc_loss"].sum() == pytest.approx(1 - report.pooled["auc_roc"], abs=1e-5)
+    assert [r["vessel_pixels"] for r in summary["calibre"]["rows"]] == list(
+        calibre["vessel_pixels"])
     for item_id in test_ids:
         for folder in ("probabilities", "masks", "panels"):
             assert (out / folder / f"{item_id}.png").exists()
@@ -41,6 +46,7 @@ def test_cli_on_twenty_real_drive_test_images(tiny_run, drive_dir, capsys):
     assert "pooled" in printed and "inside the FOV" in printed
     assert "fitted on these images: threshold" in printed
     assert "only if these are validation" in printed
+    assert "by reference vessel width: 1-2 px: " in printed
     (result,) = list((tiny_run / "tests").iterdir())
     table = pd.read_csv(result / "metrics.csv")
     assert len(table) == 23 and table["id"].iloc[20] == "pooled"

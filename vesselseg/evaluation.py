@@ -12,12 +12,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
 METRIC_NAMES = ("accuracy", "sensitivity", "specificity", "precision", "f1", "iou", "mcc",
                 "auc_roc", "auc_pr", "cldice")
 HISTOGRAM_BINS = 1 << 16  # pooled curves: probabilities quantised to 1/65535
+#: Reference vessel pixels by the local width of their vessel, in native pixels (see
+#: `vessel_calibre`): thin capillaries are where a model's sensitivity and AUC-ROC are lost.
+CALIBRES = ("1-2 px", "3-4 px", "5+ px")
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,19 @@ def cldice_from_counts(counts: np.ndarray) -> float:
     return 0.0 if t_prec + t_sens == 0 else 2 * t_prec * t_sens / (t_prec + t_sens)
 
 
+def vessel_calibre(truth: np.ndarray) -> np.ndarray:
+    """Calibre class of each reference vessel pixel: 0 background, i + 1 for `CALIBRES[i]`.
+
+    A pixel takes the depth (distance to the background) of the deepest vessel pixel within 2 px
+    of it: depth 1 is a vessel 1-2 px wide, depth 2 one 3-4 px wide, more a wider one. Edge pixels
+    thus count with their vessel, not as "thin"."""
+    vessels = truth.astype(np.uint8, copy=False)
+    depth = cv2.distanceTransform(vessels, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    local = cv2.dilate(depth, np.ones((5, 5), np.uint8))
+    calibre = np.digitize(local, [1.5, 2.5]).astype(np.uint8) + 1
+    return np.where(vessels > 0, calibre, 0).astype(np.uint8)
+
+
 def _check(probability: np.ndarray, truth: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
     if probability.shape != truth.shape:
         raise ValueError(f"prediction {probability.shape} and annotation {truth.shape} differ in "
@@ -132,7 +149,8 @@ def _check(probability: np.ndarray, truth: np.ndarray, fov: np.ndarray | None) -
 
 def _evaluate(probability: np.ndarray, truth: np.ndarray, fov: np.ndarray | None,
               threshold: float):
-    """(metrics, confusion counts, clDice counts, FOV scores, FOV labels) of one image."""
+    """(metrics, confusion counts, clDice counts, FOV scores, FOV labels, FOV reference
+    calibres) of one image."""
     fov = _check(probability, truth, fov)
     truth = truth.astype(bool, copy=False)
     if not np.issubdtype(probability.dtype, np.floating):
@@ -146,7 +164,7 @@ def _evaluate(probability: np.ndarray, truth: np.ndarray, fov: np.ndarray | None
     result = scores_from_counts(counts)
     result["auc_roc"], result["auc_pr"] = ranking_scores(scores, labels)
     result["cldice"] = cldice_from_counts(skeleton)
-    return result, counts, skeleton, scores, labels
+    return result, counts, skeleton, scores, labels, vessel_calibre(truth)[fov]
 
 
 def image_metrics(probability: np.ndarray, truth: np.ndarray, fov: np.ndarray | None,
@@ -168,11 +186,17 @@ class PooledEvaluator:
     # the same histograms with every image scaled to weight 1 (see `per_image_threshold`)
     positive_share: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS))
     negative_share: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS))
+    # vessel pixels by calibre (`CALIBRES`): a histogram each, and [detected, all] counts
+    calibre_hist: np.ndarray = field(
+        default_factory=lambda: np.zeros((len(CALIBRES), HISTOGRAM_BINS), np.int64))
+    calibre_counts: np.ndarray = field(
+        default_factory=lambda: np.zeros((len(CALIBRES), 2), np.int64))
 
     def add(self, image_id: str, probability: np.ndarray, truth: np.ndarray,
             fov: np.ndarray | None) -> dict[str, float]:
         # every per-image quantity is computed once and reused for the pooled accumulators
-        row, counts, skeleton, scores, labels = _evaluate(probability, truth, fov, self.threshold)
+        row, counts, skeleton, scores, labels, calibre = _evaluate(probability, truth, fov,
+                                                                   self.threshold)
         self.counts = self.counts + counts
         self.skeleton += skeleton
         bins = quantise(scores)
@@ -183,6 +207,13 @@ class PooledEvaluator:
         pixels = max(int(bins.size), 1)
         self.positive_share += positive / pixels
         self.negative_share += negative / pixels
+        classes = calibre[labels].astype(np.int64) - 1
+        self.calibre_hist += np.bincount(classes * HISTOGRAM_BINS + bins[labels],
+                                         minlength=len(CALIBRES) * HISTOGRAM_BINS
+                                         ).reshape(len(CALIBRES), HISTOGRAM_BINS)
+        detected = scores[labels] >= self.threshold
+        self.calibre_counts[:, 0] += np.bincount(classes[detected], minlength=len(CALIBRES))
+        self.calibre_counts[:, 1] += np.bincount(classes, minlength=len(CALIBRES))
         row = {"id": image_id, **row, "threshold": self.threshold}
         self.rows.append(row)
         return row
@@ -193,6 +224,23 @@ class PooledEvaluator:
                                                                        self.negative_hist)
         result["cldice"] = cldice_from_counts(self.skeleton)
         return result
+
+    def calibre(self) -> list[dict]:
+        """Pooled figures of the reference vessels of each calibre (`CALIBRES`).
+
+        `auc_roc` ranks that calibre's vessel pixels against all background pixels; the pooled
+        AUC-ROC is the share-weighted mean of these, so `auc_roc_loss` (share x (1 - AUC-ROC),
+        summing to 1 - pooled AUC-ROC) says which vessels cost the ranking."""
+        vessel_pixels = max(int(self.calibre_counts[:, 1].sum()), 1)
+        rows = []
+        for name, hist, (detected, total) in zip(CALIBRES, self.calibre_hist,
+                                                 self.calibre_counts):
+            share = float(total / vessel_pixels)
+            auc_roc = histogram_ranking_scores(hist, self.negative_hist)[0]
+            rows.append({"calibre": name, "vessel_pixels": int(total), "share": share,
+                         "sensitivity": _ratio(detected, total, 1.0), "auc_roc": auc_roc,
+                         "auc_roc_loss": share * (1.0 - auc_roc) if total else 0.0})
+        return rows
 
     def per_image_threshold(self) -> tuple[float, float]:
         """The best-F1 threshold with every image counting equally, and that (weighted) F1.

@@ -78,6 +78,8 @@ class TestReport:
     #: The best-F1 threshold on these very images (each weighing the same) and that F1: for
     #: choosing a threshold on validation images; on test images it would be cheating.
     fitted_threshold: tuple[float, float] | None = None
+    #: Pooled figures by reference vessel width (`PooledEvaluator.calibre`).
+    calibre: list[dict] = field(default_factory=list)
 
 
 def _load(item: TestItem, notes: list[str] | None = None):
@@ -125,6 +127,9 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
     table = pd.DataFrame(summary_rows(evaluator.rows, pooled),
                          columns=["id", *METRIC_NAMES, "threshold"])
     write_text_atomic(out / "metrics.csv", table.to_csv(index=False, float_format="%.6f"))
+    calibre = evaluator.calibre()
+    write_text_atomic(out / "calibre.csv",
+                      pd.DataFrame(calibre).to_csv(index=False, float_format="%.6f"))
     roc_pr_curves(evaluator.curves(), pooled["auc_roc"], pooled["auc_pr"], out / "roc_pr.png")
     summary = {
         "protocol": PROTOCOL,
@@ -139,6 +144,7 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
         "fov": sorted({i.fov_source for i in items}),
         "pooled": pooled,
         "fitted_threshold": {"threshold": fitted[0], "f1": fitted[1], "how": FITTED_HOW},
+        "calibre": {"how": CALIBRE_HOW, "rows": calibre},
         "mean": table[table["id"] == "mean"].iloc[0][list(METRIC_NAMES)].to_dict(),
         "std": table[table["id"] == "std"].iloc[0][list(METRIC_NAMES)].to_dict(),
         "failures": failures,
@@ -146,9 +152,12 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
         **(description or {}),
     }
     write_text_atomic(out / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
-    return TestReport(out, table, pooled, failures, sorted(notes), fitted)
+    return TestReport(out, table, pooled, failures, sorted(notes), fitted, calibre)
 
 
+CALIBRE_HOW = ("reference vessel pixels by the width of their vessel in native pixels, pooled "
+               "inside the FOV; auc_roc ranks them against all background pixels, auc_roc_loss = "
+               "share x (1 - auc_roc) sums to 1 - the pooled AUC-ROC")
 FITTED_HOW = ("best-F1 threshold on these images, each image weighing the same: a threshold for "
               "the model only if these are validation images, never test images")
 
@@ -236,6 +245,9 @@ def _main(args: argparse.Namespace) -> int:
     threshold, f1 = report.fitted_threshold
     print(f"fitted on these images: threshold {threshold:.3f} (F1 {f1:.4f}, each image weighing "
           f"the same); pass it as --threshold only if these are validation images")
+    print("by reference vessel width: " + "; ".join(
+        f"{row['calibre']}: {row['share']:.0%} of vessel pixels, Se {row['sensitivity']:.3f}, "
+        f"AUC-ROC {row['auc_roc']:.4f}" for row in report.calibre if row["vessel_pixels"]))
     print(f"results: {report.out}")
     for _, message in report.failures:
         print(f"error: {message}", file=sys.stderr)
