@@ -3,8 +3,8 @@
 Protocol: probabilities are mapped back to each image's native resolution and compared with the
 reference annotation only inside the FOV; the pooled row sums pixel counts over all images.
 Outputs go into a new folder (inside the run, or in artifacts/tests/ for the shipped model, unless
---out is given): metrics.csv, summary.json, roc_pr.png, and per image a probability PNG, a binary
-mask PNG and a comparison panel.
+--out is given): metrics.csv, calibre.csv (figures by vessel width), summary.json, roc_pr.png,
+and per image a probability PNG, a binary mask PNG and a comparison panel.
 """
 from __future__ import annotations
 
