@@ -245,9 +245,11 @@ def _main(args: argparse.Namespace) -> int:
     threshold, f1 = report.fitted_threshold
     print(f"fitted on these images: threshold {threshold:.3f} (F1 {f1:.4f}, each image weighing "
           f"the same); pass it as --threshold only if these are validation images")
-    print("by reference vessel width: " + "; ".join(
-        f"{row['calibre']}: {row['share']:.0%} of vessel pixels, Se {row['sensitivity']:.3f}, "
-        f"AUC-ROC {row['auc_roc']:.4f}" for row in report.calibre if row["vessel_pixels"]))
+    widths = [f"{row['calibre']}: {row['share']:.0%} of vessel pixels, Se "
+              f"{row['sensitivity']:.3f}, AUC-ROC {row['auc_roc']:.4f}"
+              for row in report.calibre if row["vessel_pixels"]]
+    if widths:
+        print("by reference vessel width: " + "; ".join(widths))
     print(f"results: {report.out}")
     for _, message in report.failures:
         print(f"error: {message}", file=sys.stderr)
