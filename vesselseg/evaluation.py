@@ -149,8 +149,8 @@ def _check(probability: np.ndarray, truth: np.ndarray, fov: np.ndarray | None) -
 
 def _evaluate(probability: np.ndarray, truth: np.ndarray, fov: np.ndarray | None,
               threshold: float):
-    """(metrics, confusion counts, clDice counts, FOV scores, FOV labels, FOV reference
-    calibres) of one image."""
+    """(metrics, confusion counts, clDice counts, FOV scores, FOV labels, FOV mask) of one
+    image."""
     fov = _check(probability, truth, fov)
     truth = truth.astype(bool, copy=False)
     if not np.issubdtype(probability.dtype, np.floating):
@@ -164,7 +164,7 @@ def _evaluate(probability: np.ndarray, truth: np.ndarray, fov: np.ndarray | None
     result = scores_from_counts(counts)
     result["auc_roc"], result["auc_pr"] = ranking_scores(scores, labels)
     result["cldice"] = cldice_from_counts(skeleton)
-    return result, counts, skeleton, scores, labels, vessel_calibre(truth)[fov]
+    return result, counts, skeleton, scores, labels, fov
 
 
 def image_metrics(probability: np.ndarray, truth: np.ndarray, fov: np.ndarray | None,
@@ -195,8 +195,8 @@ class PooledEvaluator:
     def add(self, image_id: str, probability: np.ndarray, truth: np.ndarray,
             fov: np.ndarray | None) -> dict[str, float]:
         # every per-image quantity is computed once and reused for the pooled accumulators
-        row, counts, skeleton, scores, labels, calibre = _evaluate(probability, truth, fov,
-                                                                   self.threshold)
+        row, counts, skeleton, scores, labels, fov = _evaluate(probability, truth, fov,
+                                                               self.threshold)
         self.counts = self.counts + counts
         self.skeleton += skeleton
         bins = quantise(scores)
@@ -207,7 +207,8 @@ class PooledEvaluator:
         pixels = max(int(bins.size), 1)
         self.positive_share += positive / pixels
         self.negative_share += negative / pixels
-        classes = calibre[labels].astype(np.int64) - 1
+        # widths from the whole annotation: a vessel cut by the FOV edge keeps its width
+        classes = vessel_calibre(truth)[fov][labels].astype(np.int64) - 1
         self.calibre_hist += np.bincount(classes * HISTOGRAM_BINS + bins[labels],
                                          minlength=len(CALIBRES) * HISTOGRAM_BINS
                                          ).reshape(len(CALIBRES), HISTOGRAM_BINS)
