@@ -112,6 +112,9 @@ class TrainConfig:
     seed: int = 0
     cache: bool = True
     use_fov_in_loss: bool = True
+    # train on each pixel's annotation coverage instead of the binary mask: capillaries thinner
+    # than a model pixel stay in the targets as faint lines (validation stays binary)
+    soft_labels: bool = False
     init_from: str = ""  # fine-tune from this run's weights ("pretrained": the shipped model)
     # the size the FOV crop is resized to at test and eval (the model runs on it whole, being
     # fully convolutional); 0: the training size. Pair a larger one with `augment.zoom`.

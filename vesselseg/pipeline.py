@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
+from PIL import Image
 
 from .config import AugmentConfig
 from .errors import DatasetError
@@ -25,15 +27,18 @@ def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows
 
 
-def _decode(image_path, vessels_path, fov_path, gray=False):
+def _decode(image_path, vessels_path, fov_path, gray=False, soft_labels=False):
+    """(image, [vessels, FOV]); vessels are the binary mask (coverage >= half a pixel), or with
+    `soft_labels` the coverage itself, which keeps capillaries thinner than a pixel."""
     image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
     if gray:
         image = image[..., :1]
     vessels = tf.io.decode_png(tf.io.read_file(vessels_path), channels=1)
     fov = tf.io.decode_png(tf.io.read_file(fov_path), channels=1)
     image = tf.cast(image, tf.float32) / 255.0
-    target = tf.concat([tf.cast(vessels >= 128, tf.float32), tf.cast(fov >= 128, tf.float32)], -1)
-    return image, target
+    vessels = (tf.cast(vessels, tf.float32) / 255.0 if soft_labels
+               else tf.cast(vessels >= 128, tf.float32))
+    return image, tf.concat([vessels, tf.cast(fov >= 128, tf.float32)], -1)
 
 
 def _affine(stack, angle, scale, size, shift=(0.0, 0.0)):
@@ -50,8 +55,10 @@ def _affine(stack, angle, scale, size, shift=(0.0, 0.0)):
         interpolation="BILINEAR", fill_mode="CONSTANT", fill_value=0.0)[0]
 
 
-def augment(image, target, seed, config: AugmentConfig):
-    """Identical geometric changes to image and masks; photometric changes to the image only."""
+def augment(image, target, seed, config: AugmentConfig, soft_labels: bool = False):
+    """Identical geometric changes to image and masks; photometric changes to the image only.
+    Resampled vessels are binarised again at 0.5 unless `soft_labels` (then they stay the
+    interpolated coverage)."""
     seeds = tf.random.experimental.stateless_split(seed, num=12)
     uniform = lambda i, lo=0.0, hi=1.0: tf.random.stateless_uniform([], seeds[i], lo, hi)  # noqa: E731
     stack = tf.concat([image, target], axis=-1)
@@ -73,7 +80,8 @@ def augment(image, target, seed, config: AugmentConfig):
                      tf.random.stateless_uniform([], pan_seeds[1], -1.0, 1.0) * room)
         stack = _affine(stack, angle, scale, size, shift)
     image, vessels, fov = stack[..., :-2], stack[..., -2:-1], stack[..., -1:]
-    vessels = tf.cast(vessels >= 0.5, tf.float32)
+    vessels = tf.clip_by_value(vessels, 0.0, 1.0) if soft_labels else tf.cast(vessels >= 0.5,
+                                                                                tf.float32)
     fov = tf.cast(fov >= 0.5, tf.float32)
     if config.brightness:
         image = image + uniform(5, -config.brightness, config.brightness)
@@ -114,16 +122,17 @@ def _gaussian_blur(image, sigma):
 def make_dataset(rows: pd.DataFrame, batch_size: int, training: bool, seed: int = 0,
                  augment_config: AugmentConfig | None = None,
                  cache: bool = True, autotune: bool = True,
-                 gray: bool = False) -> tf.data.Dataset:
+                 gray: bool = False, soft_labels: bool = False) -> tf.data.Dataset:
     """Batched (image, target) pairs; training streams repeat forever, shuffled and augmented.
 
     `autotune=False` turns tf.data's autotuner off: on a CPU-only machine its threads compete with
     the model's for the same cores (measured on 2 cores: 2.9 -> 3.5 img/s with augmentation, see
     `python -m vesselseg.benchmarks.pipeline`). With a GPU the cores are free, so keep it on.
+    `soft_labels`: vessel targets are each pixel's annotation coverage, not the binary mask.
     """
     paths = (list(rows["image"]), list(rows["vessels"]), list(rows["fov"]))
     dataset = tf.data.Dataset.from_tensor_slices(paths)
-    dataset = dataset.map(lambda *paths: _decode(*paths, gray=gray),
+    dataset = dataset.map(lambda *paths: _decode(*paths, gray=gray, soft_labels=soft_labels),
                           num_parallel_calls=AUTOTUNE, deterministic=True)
     if cache:
         dataset = dataset.cache()
@@ -133,7 +142,7 @@ def make_dataset(rows: pd.DataFrame, batch_size: int, training: bool, seed: int 
             dataset = dataset.enumerate().map(
                 lambda index, pair: augment(pair[0], pair[1],
                                             tf.stack([tf.cast(seed, tf.int64), index]),
-                                            augment_config),
+                                            augment_config, soft_labels),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=training)
     if gray:
@@ -145,6 +154,17 @@ def make_dataset(rows: pd.DataFrame, batch_size: int, training: bool, seed: int 
         options.autotune.enabled = False
         dataset = dataset.with_options(options)
     return dataset
+
+
+def labels_are_binary(rows: pd.DataFrame, sample: int = 8) -> bool:
+    """True when the first `sample` vessel PNGs hold only 0 and 255: no coverage for
+    `soft_labels` to use (a folder preprocessed before coverage was kept)."""
+    for path in list(rows["vessels"])[:sample]:
+        with Image.open(path) as png:
+            values = np.unique(np.asarray(png))
+        if np.any((values > 0) & (values < 255)):
+            return False
+    return True
 
 
 def steps_per_epoch(rows: pd.DataFrame, batch_size: int, requested: int = 0) -> int:

@@ -4,7 +4,8 @@ Output folder::
 
     manifest.csv      one row per sample: split, paths, native size, crop box, native annotation/FOV
     preprocess.json   the PreprocessConfig and where the data came from
-    images/ vessels/ fov/   model-size PNGs (lossless)
+    images/ vessels/ fov/   model-size PNGs (lossless); vessels/ holds how much of each
+                            pixel the annotation covers (0-255), so >= 128 is the binary mask
     native_fov/       FOV masks estimated at native size (for datasets without official ones)
 
 Files are written atomically, so a killed run leaves no corrupt file and a re-run resumes.
@@ -33,7 +34,7 @@ from .datasets import Sample, read_dataset, reader_names
 from .errors import DatasetError, ImageReadError, VesselsegError
 from .fov import estimate_fov
 from .io import read_image, read_mask, write_png, write_text_atomic
-from .transforms import mask_to_model, to_model_input
+from .transforms import coverage_to_model, to_model_input
 
 MANIFEST = "manifest.csv"
 SETTINGS = "preprocess.json"
@@ -109,7 +110,7 @@ def process_sample(sample: Sample, out: Path, config: PreprocessConfig,
             write_png(native_fov, fov)
         fov_source = "estimated"
     model_image, model_fov, box = to_model_input(image, fov, config)
-    model_vessels = mask_to_model(vessels & fov, box, config.size) & model_fov
+    model_vessels = coverage_to_model(vessels & fov, box, config.size) * model_fov
     base = {"dataset": sample.dataset, "split": sample.split, "native_width": shape[1],
             "native_height": shape[0], "crop_x0": box.x0, "crop_y0": box.y0, "crop_x1": box.x1,
             "crop_y1": box.y1, "native_image": str(sample.image.resolve()),

@@ -58,7 +58,8 @@ def merged_manifest(folders: list[str]):
 
 
 # settings added after the first runs, with the value that leaves a run as it was
-LATER_SETTINGS = {"init_from": "", "working_size": 0, "augment.zoom": 1.0, "augment.pan": False}
+LATER_SETTINGS = {"init_from": "", "working_size": 0, "augment.zoom": 1.0, "augment.pan": False,
+                  "soft_labels": False}
 
 
 def config_fingerprint(config: TrainConfig) -> str:
@@ -274,7 +275,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     from .losses import make_loss
     from .metrics import training_metrics
     from .model import check_architecture, get_model, set_layer_weights
-    from .pipeline import make_dataset, split_rows, steps_per_epoch
+    from .pipeline import labels_are_binary, make_dataset, split_rows, steps_per_epoch
     from .plots import learning_curves
     from .preprocess import load_preprocess_config
 
@@ -291,6 +292,11 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     init_weights = checked_init_weights(config) if config.init_from else None
     manifest = merged_manifest(folders)
     train_rows, val_rows = split_rows(manifest, "train"), split_rows(manifest, "val")
+    if config.soft_labels and labels_are_binary(train_rows):
+        print(f"warning: soft_labels: the vessel masks in {', '.join(folders)} hold only 0 and "
+              f"255 (preprocessed before vesselseg kept the coverage, or never resized), so training sees "
+              f"binary labels; preprocess again into a new folder to keep the coverage",
+              file=sys.stderr)
 
     run = find_unfinished_run(config)
     resumed = run is not None
@@ -315,7 +321,8 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     autotune = bool(gpus())  # on a CPU-only machine the autotuner's threads slow the model
     train_data = make_dataset(train_rows, global_batch, training=True, seed=config.seed,
                               augment_config=config.augment, cache=config.cache,
-                              autotune=autotune, gray=config.preprocess.gray)
+                              autotune=autotune, gray=config.preprocess.gray,
+                              soft_labels=config.soft_labels)
     val_data = make_dataset(val_rows, global_batch, training=False, cache=config.cache,
                             autotune=autotune, gray=config.preprocess.gray)
     with strategy.scope():
