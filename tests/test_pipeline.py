@@ -1,10 +1,12 @@
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
 from vesselseg.config import AugmentConfig
 from vesselseg.errors import DatasetError
-from vesselseg.pipeline import augment, make_dataset, split_rows, steps_per_epoch
+from vesselseg.io import write_png
+from vesselseg.pipeline import augment, labels_are_binary, make_dataset, split_rows, steps_per_epoch
 from vesselseg.preprocess import load_manifest
 
 
@@ -37,6 +39,45 @@ def test_turning_autotune_off_keeps_the_stream(synthetic_preprocessed):
     assert not fixed.options().autotune.enabled
     assert all(np.array_equal(a[0].numpy(), b[0].numpy())
                for a, b in zip(tuned.take(3), fixed.take(3)))
+
+
+def coverage_rows(folder, coverage: np.ndarray) -> pd.DataFrame:
+    """One sample whose vessel PNG holds `coverage` (uint8), with a gray image and a full FOV."""
+    paths = {"image": folder / "image.png", "vessels": folder / "vessels.png",
+             "fov": folder / "fov.png"}
+    write_png(paths["image"], np.full((*coverage.shape, 3), 90, np.uint8))
+    write_png(paths["vessels"], coverage)
+    write_png(paths["fov"], np.ones(coverage.shape, bool))
+    return pd.DataFrame([{k: str(v) for k, v in paths.items()}])
+
+
+def test_soft_labels_are_the_coverage_and_binary_labels_its_half_threshold(tmp_path):
+    coverage = np.tile(np.array([0, 64, 127, 128, 200, 255], np.uint8), (6, 1))
+    rows = coverage_rows(tmp_path, coverage)
+    soft, binary = (next(iter(make_dataset(rows, 1, training=False, soft_labels=flag)))[1]
+                    .numpy()[0, ..., 0] for flag in (True, False))
+    np.testing.assert_allclose(soft, coverage / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(binary, coverage >= 128)
+    assert not labels_are_binary(rows)
+    assert labels_are_binary(coverage_rows(tmp_path, np.where(coverage >= 128, 255, 0)
+                                           .astype(np.uint8)))
+
+
+def test_augmentation_keeps_soft_labels_soft():
+    """A rotation resamples a thin line: binary labels are re-thresholded to 0/1, soft labels
+    keep the interpolated values and about the line's mass."""
+    mask = np.zeros((64, 64, 1), np.float32)
+    mask[:, 31] = 0.5  # a capillary half a pixel wide
+    target = tf.constant(np.concatenate([mask, np.ones_like(mask)], -1))
+    image = tf.zeros((64, 64, 1))
+    config = AugmentConfig(flips=False, rot90=False, rotation_degrees=10, scale_range=0,
+                           brightness=0, contrast=0, gamma=0, hue=0, saturation=0)
+    seed = tf.constant([0, 3], tf.int64)
+    soft = augment(image, target, seed, config, soft_labels=True)[1].numpy()[..., 0]
+    binary = augment(image, target, seed, config)[1].numpy()[..., 0]
+    assert set(np.unique(binary)) <= {0.0, 1.0}
+    assert ((soft > 0) & (soft < 1)).any() and soft.max() <= 1.0
+    assert soft.sum() == pytest.approx(mask.sum(), rel=0.15)  # corners rotate out of view
 
 
 def test_augmentation_moves_image_and_masks_together():

@@ -44,6 +44,26 @@ def test_run_folder_has_every_file_and_a_falling_loss(synthetic_preprocessed, tm
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
 
 
+def test_soft_labels_train_and_warn_when_the_data_has_none(synthetic_preprocessed, tmp_path,
+                                                           capsys):
+    from PIL import Image
+
+    from vesselseg.io import write_png
+
+    run = train(tiny_config(synthetic_preprocessed, tmp_path / "runs", epochs=1,
+                            soft_labels=True), progress=False)
+    assert load_config(TrainConfig, run / "config.json").soft_labels
+    assert np.isfinite(pd.read_csv(run / "history.csv")["loss"]).all()
+    assert "soft_labels" not in capsys.readouterr().err
+    binary = tmp_path / "binary"  # as preprocessed before the coverage was kept
+    shutil.copytree(synthetic_preprocessed, binary)
+    for path in (binary / "vessels").iterdir():
+        write_png(path, np.asarray(Image.open(path)) >= 128)
+    train(tiny_config(binary, tmp_path / "runs", epochs=1, steps_per_epoch=1,
+                      soft_labels=True), progress=False)
+    assert "hold only 0 and 255" in capsys.readouterr().err
+
+
 def test_a_finished_run_is_never_reused(synthetic_preprocessed, tmp_path):
     config = tiny_config(synthetic_preprocessed, tmp_path, epochs=1, steps_per_epoch=1)
     first = train(config, progress=False)
@@ -352,8 +372,8 @@ def test_fine_tuning_refuses_an_unfinished_run(tiny_run, synthetic_preprocessed,
 
 
 def test_settings_added_later_keep_old_runs_fingerprints():
-    """A run started before working_size/zoom/pan/init_from existed must still be found and
-    resumed: those settings count only once they are used. The hashes are the ones these
+    """A run started before working_size/zoom/pan/init_from/soft_labels existed must still be
+    found and resumed: those settings count only once they are used. The hashes are the ones these
     configs had before the settings existed (computed at commit 790e122)."""
     from vesselseg.config import AugmentConfig
     from vesselseg.train import config_fingerprint
@@ -365,5 +385,6 @@ def test_settings_added_later_keep_old_runs_fingerprints():
     assert config_fingerprint(recipe) == "425022c436d38d01"
     for changed in (replace(config, working_size=576),
                     replace(config, augment=AugmentConfig(zoom=1.125)),
-                    replace(config, augment=AugmentConfig(pan=True))):
+                    replace(config, augment=AugmentConfig(pan=True)),
+                    replace(config, soft_labels=True)):
         assert config_fingerprint(changed) != "f17130df30a0bc07"

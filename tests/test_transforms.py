@@ -8,6 +8,7 @@ from vesselseg.config import PreprocessConfig
 from vesselseg.datasets import generate_fundus
 from vesselseg.transforms import (
     Geometry,
+    coverage_to_model,
     crop,
     crop_box,
     enhance,
@@ -149,6 +150,27 @@ def test_to_native_of_constant_map():
     assert native.shape == (50, 70)
     assert np.allclose(native[5:45, 10:60], 0.75)
     assert native.sum() == pytest.approx(0.75 * 40 * 50)
+
+
+def test_coverage_thresholded_at_half_is_the_binary_mask():
+    image, vessels, fov = wide_fundus(3)
+    _, _, box = to_model_input(image, fov, PreprocessConfig(size=256))
+    coverage = coverage_to_model(vessels, box, 256)
+    assert coverage.dtype == np.uint8
+    np.testing.assert_array_equal(coverage >= 128, mask_to_model(vessels, box, 256))
+    assert ((coverage > 0) & (coverage < 255)).any()  # vessel edges are partly covered
+
+
+def test_coverage_keeps_a_line_the_binary_mask_loses():
+    """A 1-px line shrunk 4x covers a quarter of each pixel it crosses: the binary mask drops
+    it, the coverage keeps it at that strength."""
+    mask = np.zeros((64, 64), bool)
+    mask[:, 22] = True  # model column 5 covers native columns 20-23
+    box = Geometry(64, 64, 0, 0, 64, 64)
+    assert not mask_to_model(mask, box, 16).any()
+    coverage = coverage_to_model(mask, box, 16)
+    assert set(np.unique(coverage[:, 5])) == {64}  # 0.25 x 255, rounded
+    assert not np.delete(coverage, 5, axis=1).any()
 
 
 def test_resize_mask_keeps_half_covered_pixels():

@@ -122,8 +122,10 @@ def process_sample(sample: Sample, out: Path, config: PreprocessConfig,
     if sample.split == "train" and config.augment:
         rng = np.random.default_rng(config.seed * 1_000_003 + _stable_hash(sample.id))
         for k in range(config.augment):
-            aug = augment_geometry([model_image, model_vessels, model_fov], rng)
-            variants.append((f"{sample.id}_aug{k + 1}", *aug, sample.id))
+            aug_image, aug_vessels, aug_fov = augment_geometry(
+                [model_image, model_vessels, model_fov], rng)
+            variants.append((f"{sample.id}_aug{k + 1}", aug_image, aug_vessels * aug_fov,
+                             aug_fov, sample.id))
     rows = []
     for variant_id, img, ves, fv, parent in variants:
         paths = _outputs(out, variant_id)

@@ -294,8 +294,8 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     train_rows, val_rows = split_rows(manifest, "train"), split_rows(manifest, "val")
     if config.soft_labels and labels_are_binary(train_rows):
         print(f"warning: soft_labels: the vessel masks in {', '.join(folders)} hold only 0 and "
-              f"255 (preprocessed before vesselseg kept the coverage, or never resized), so training sees "
-              f"binary labels; preprocess again into a new folder to keep the coverage",
+              f"255 (preprocessed before vesselseg kept the coverage, or never resized), so "
+              f"training sees binary labels; preprocess again into a new folder to keep it",
               file=sys.stderr)
 
     run = find_unfinished_run(config)
