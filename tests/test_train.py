@@ -137,6 +137,17 @@ def test_help_lists_the_common_settings():
         assert flag in result.stdout
 
 
+def test_soft_labels_flag_sets_the_config_and_its_absence_keeps_the_files_value(tmp_path):
+    from vesselseg.train import build_parser, config_from_args
+
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["--soft-labels"])).soft_labels
+    assert not config_from_args(parse([])).soft_labels
+    recipe = tmp_path / "soft.json"
+    recipe.write_text(json.dumps({"soft_labels": True}))
+    assert config_from_args(parse(["--config", str(recipe)])).soft_labels
+
+
 def test_cosine_schedule_follows_the_wall_clock_budget():
     """A budgeted run stops long before `epochs`: the decay must end when the budget does."""
     config = TrainConfig(lr_schedule="cosine", learning_rate=1e-3, min_learning_rate=1e-5,

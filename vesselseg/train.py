@@ -475,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fine-tune: start from a finished run's weights, or 'pretrained' "
                              "for the model shipped in the package (same network and "
                              "preprocessing required)")
+    parser.add_argument("--soft-labels", action="store_true", default=None,
+                        help="train on each pixel's vessel coverage instead of the binary mask "
+                             "(keeps capillaries thinner than a model pixel; see README)")
     parser.add_argument("--seed", type=int, help="seed of weights, shuffling and augmentation")
     parser.add_argument("--run-name", help="suffix of the run folder's name")
     parser.add_argument("--runs-dir", help="parent folder of run folders (artifacts/runs)")
