@@ -52,7 +52,7 @@ def coverage_rows(folder, coverage: np.ndarray) -> pd.DataFrame:
 
 
 def test_soft_labels_are_the_coverage_and_binary_labels_its_half_threshold(tmp_path):
-    coverage = np.tile(np.array([0, 64, 127, 128, 200, 255], np.uint8), (6, 1))
+    coverage = np.tile(np.array([0, 1, 64, 127, 128, 200, 254, 255], np.uint8), (8, 1))
     rows = coverage_rows(tmp_path, coverage)
     soft, binary = (next(iter(make_dataset(rows, 1, training=False, soft_labels=flag)))[1]
                     .numpy()[0, ..., 0] for flag in (True, False))

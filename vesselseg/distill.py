@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from .cli import run_cli
 from .errors import ConfigError, DatasetError
-from .io import read_image, read_mask, write_png, write_text_atomic
+from .io import read_image, read_levels, read_mask, write_png, write_text_atomic
 from .preprocess import MANIFEST, SETTINGS, load_manifest, load_preprocess_config
 from .transforms import Geometry, crop, resize
 
@@ -54,13 +53,6 @@ def _box(row) -> Geometry:
                     int(row.crop_y0), int(row.crop_x1), int(row.crop_y1))
 
 
-def _png(path: str | Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image)
-
-
 def _copy(source: str | Path, target: Path) -> None:
     """Hard link when the file system allows it (the copies are identical), else copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -84,29 +76,28 @@ def distill_folder(data: str | Path, out: str | Path, segmenter, mix: float = 0.
     if augmented.any():
         raise DatasetError(f"{data} holds offline augmented copies (preprocess --augment); the "
                            f"teacher sees native photos only, so preprocess without --augment")
-    relative = pd.read_csv(data / MANIFEST)
     staging = out.with_name(out.name + ".part")
     if staging.exists():
         shutil.rmtree(staging)
     rows = list(manifest.itertuples())
     distilled = 0
     try:
-        for row, rel in tqdm(list(zip(rows, relative.itertuples())), desc="distil", unit="img",
-                             disable=not progress):
-            _copy(row.image, staging / rel.image)
-            _copy(row.fov, staging / rel.fov)
+        for row in tqdm(rows, desc="distil", unit="img", disable=not progress):
+            _copy(row.image, staging / Path(row.image).relative_to(data))
+            _copy(row.fov, staging / Path(row.fov).relative_to(data))
+            vessels = staging / Path(row.vessels).relative_to(data)
             if row.split != "train":
-                _copy(row.vessels, staging / rel.vessels)
+                _copy(row.vessels, vessels)
                 continue
             image = read_image(row.native_image)
             fov = read_mask(row.native_fov, image.shape[:2])
             probability = segmenter.predict(image, fov).probability
-            target = teacher_target(probability, _png(row.vessels), _png(row.fov) >= 128,
-                                    _box(row), mix)
-            write_png(staging / rel.vessels, target)
+            target = teacher_target(probability, read_levels(row.vessels),
+                                    read_levels(row.fov) >= 128, _box(row), mix)
+            write_png(vessels, target)
             distilled += 1
         shutil.copyfile(data / SETTINGS, staging / SETTINGS)
-        relative.to_csv(staging / MANIFEST, index=False)
+        shutil.copyfile(data / MANIFEST, staging / MANIFEST)  # paths are relative: unchanged
         record = {"source": str(data.resolve()), "teacher": segmenter.source,
                   "tta": segmenter.tta, "scales": list(segmenter.scales), "mix": mix,
                   "distilled_rows": distilled,

@@ -215,6 +215,13 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3])
 
 
+def read_levels(path: str | Path) -> np.ndarray:
+    """The 8-bit values of a gray image as stored (no thresholding): e.g. the vessel coverage
+    that `preprocess` writes into vessels/."""
+    array = _decode(path)
+    return array[..., :3].max(axis=2) if array.ndim == 3 else array
+
+
 def read_mask(path: str | Path, expected_shape: tuple[int, int] | None = None,
               notes: list[str] | None = None) -> np.ndarray:
     """Read an annotation or FOV mask as a boolean HxW array.

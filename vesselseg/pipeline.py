@@ -11,10 +11,10 @@ import math
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from PIL import Image
 
 from .config import AugmentConfig
 from .errors import DatasetError
+from .io import read_levels
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -160,8 +160,7 @@ def labels_are_binary(rows: pd.DataFrame, sample: int = 8) -> bool:
     """True when the first `sample` vessel PNGs hold only 0 and 255: no coverage for
     `soft_labels` to use (a folder preprocessed before coverage was kept)."""
     for path in list(rows["vessels"])[:sample]:
-        with Image.open(path) as png:
-            values = np.unique(np.asarray(png))
+        values = read_levels(path)
         if np.any((values > 0) & (values < 255)):
             return False
     return True

@@ -77,6 +77,14 @@ def enhance(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
+def model_fov(fov: np.ndarray, config: PreprocessConfig, size: int | None = None
+              ) -> tuple[np.ndarray, Geometry]:
+    """(model-size FOV, crop box) of a native FOV: the geometry of `to_model_input` alone."""
+    box = crop_box(fov, config.crop_to_fov)
+    size = size or config.size
+    return resize_mask(crop(fov, box), size, size), box
+
+
 def to_model_input(image: np.ndarray, fov: np.ndarray, config: PreprocessConfig,
                    size: int | None = None) -> tuple[np.ndarray, np.ndarray, Geometry]:
     """Crop, resize to size x size and enhance: (model image uint8, model FOV bool, geometry).
@@ -85,10 +93,9 @@ def to_model_input(image: np.ndarray, fov: np.ndarray, config: PreprocessConfig,
     resizing all three and keeping green, for a third of the work.
     """
     size = size or config.size
-    box = crop_box(fov, config.crop_to_fov)
+    fov_small, box = model_fov(fov, config, size)
     source = image[..., 1] if config.gray else image
     resized = resize(crop(source, box), size, size)
-    fov_small = resize_mask(crop(fov, box), size, size)
     # black outside the FOV, as in training
     inside = fov_small.astype(np.uint8)
     resized = resized * (inside if resized.ndim == 2 else inside[..., None])

@@ -30,11 +30,10 @@ def label_coverage(annotation: np.ndarray, fov: np.ndarray, size: int = 512
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(vessel pixels, binary-kept pixels, summed soft target) per calibre class, over the
     native vessel pixels inside the FOV of one annotation."""
-    from ..transforms import coverage_to_model, crop, crop_box, resize_mask, to_native
+    from ..transforms import coverage_to_model, model_fov, to_native
 
-    box = crop_box(fov, PreprocessConfig().crop_to_fov)
-    model_fov = resize_mask(crop(fov, box), size, size)
-    coverage = coverage_to_model(annotation & fov, box, size) * model_fov
+    fov_small, box = model_fov(fov, PreprocessConfig(), size)
+    coverage = coverage_to_model(annotation & fov, box, size) * fov_small
     binary_back = to_native((coverage >= 128).astype(np.float32), box) >= 0.5
     soft_back = to_native(coverage.astype(np.float32) / 255.0, box)
     classes = vessel_calibre(annotation)
