@@ -18,6 +18,7 @@ from vesselseg.model import (  # noqa: E402
     folded_batch_norm_weights,
     forward_flops,
     get_model,
+    pair_weights,
     set_layer_weights,
     size_multiple,
     trained_policy,
@@ -68,7 +69,8 @@ def test_default_model_is_open_size(architecture):
 def test_output_is_float32_under_mixed_bfloat16(architecture):
     with dtype_policy("mixed_bfloat16"):
         model = get_model(architecture, **TINY)
-        assert model.get_layer("logits").compute_dtype == "bfloat16"
+        logits = [layer for layer in model.layers if layer.name.endswith("logits")]
+        assert logits and all(layer.compute_dtype == "bfloat16" for layer in logits)
         output = model(np.zeros((1, 64, 64, 3), np.float32))
         assert keras.backend.standardize_dtype(output.dtype) == "float32"
         assert model.output.dtype == "float32"
@@ -220,6 +222,39 @@ def test_the_trained_policy_survives_saving_and_loading(tmp_path):
         model = get_model("unet", **TINY)
     model.save(tmp_path / "model.keras")
     assert trained_policy(load_keras_model(tmp_path / "model.keras")) == "mixed_bfloat16"
+
+
+def test_half_precision_storage_reports_float32_for_inference(tmp_path):
+    """A plain float16 model is how `vesselseg.ensemble` stores weights, not how it trained:
+    inference must not compute in float16 on a CPU."""
+    from vesselseg.inference import load_keras_model
+
+    with dtype_policy("float16"):
+        model = get_model("unet", **TINY)
+    model.save(tmp_path / "model.keras")
+    loaded = load_keras_model(tmp_path / "model.keras")
+    assert loaded.get_layer("down0_conv1").kernel.dtype == "float16"
+    assert trained_policy(loaded) == "float32"
+
+
+def test_unet_pair_averages_two_unets_probabilities():
+    rng = np.random.default_rng(0)
+    members = [get_model("unet", batch_norm=True, **TINY) for _ in range(2)]
+    for member in members:
+        member.set_weights([rng.normal(0, 0.3, w.shape) for w in member.get_weights()])
+    pair = get_model("unet_pair", batch_norm=True, **TINY)
+    assert pair.count_params() == 2 * members[0].count_params()
+    weights = [{layer.name: layer.get_weights() for layer in m.layers if layer.weights}
+               for m in members]
+    set_layer_weights(pair, pair_weights(*weights))
+    image = rng.random((1, 32, 32, 3), dtype=np.float32)
+    expected = (np.asarray(members[0](image)) + np.asarray(members[1](image))) / 2
+    np.testing.assert_allclose(np.asarray(pair(image)), expected, atol=1e-6)
+    assert not np.allclose(np.asarray(members[0](image)), expected, atol=1e-3)
+    # batch norm folds per member, as for one U-Net
+    folded = get_model("unet_pair", batch_norm=False, **TINY)
+    set_layer_weights(folded, folded_batch_norm_weights(pair))
+    np.testing.assert_allclose(np.asarray(folded(image)), expected, atol=1e-5)
 
 
 def _norm_pair(**options):

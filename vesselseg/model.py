@@ -135,6 +135,31 @@ def wnet_weights_from_unet(unet_weights: dict[str, list]) -> dict[str, list]:
     return grown
 
 
+#: Layer-name prefixes of an ensemble's two U-Nets.
+_PAIR = ("a_", "b_")
+
+
+@register_architecture("unet_pair")
+def unet_pair(base_filters: int = 32, depth: int = 3, batch_norm: bool = False,
+              dropout: float = 0.0, input_channels: int = 3,
+              input_size: int | None = None) -> keras.Model:
+    """Two U-Nets of one shape side by side, their vessel probabilities averaged: an ensemble of
+    two networks trained apart (`vesselseg.ensemble` joins them), whose errors partly cancel.
+    Twice a U-Net's cost."""
+    inputs = keras.Input(shape=(input_size, input_size, input_channels), name="image")
+    maps = [layers.Activation("sigmoid", dtype="float32", name=f"{prefix}probability")(
+        _unet_logits(inputs, base_filters, depth, batch_norm, dropout, prefix))
+        for prefix in _PAIR]
+    averaged = layers.Average(dtype="float32", name="vessel_probability")(maps)
+    return keras.Model(inputs, averaged, name=f"unet_pair_f{base_filters}_d{depth}")
+
+
+def pair_weights(first: dict[str, list], second: dict[str, list]) -> dict[str, list]:
+    """Two U-Nets' weights by layer name, placed in a `unet_pair` of the same shape."""
+    return {f"{prefix}{name}": values for prefix, weights in zip(_PAIR, (first, second))
+            for name, values in weights.items()}
+
+
 def get_model(architecture: str = "unet", **kwargs) -> keras.Model:
     """Build a new model by architecture name; an unknown name lists the valid ones."""
     check_architecture(architecture)
@@ -208,6 +233,13 @@ def set_layer_weights(model: keras.Model, weights: dict[str, list]) -> None:
 
 def trained_policy(model: keras.Model) -> str:
     """The dtype policy a model was trained with, e.g. "mixed_bfloat16". Keras saves it per
-    layer: a loaded model itself reports the global policy of the moment it was loaded."""
-    return next((layer.dtype_policy.name for layer in model.layers if layer.weights),
-                model.dtype_policy.name)
+    layer: a loaded model itself reports the global policy of the moment it was loaded. Training
+    only uses float32 and mixed policies; a plain half-precision one is a storage format
+    (`vesselseg.ensemble` halves its file so), which decodes exactly to float32."""
+    policy = next((layer.dtype_policy.name for layer in model.layers if layer.weights),
+                  model.dtype_policy.name)
+    return "float32" if policy in HALF_STORAGE else policy
+
+
+#: Plain dtype policies that store weights in half precision (never used to train).
+HALF_STORAGE = ("float16", "bfloat16")

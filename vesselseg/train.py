@@ -213,21 +213,21 @@ def check_preprocessing(asked: PreprocessConfig, used: PreprocessConfig, folder:
 ARCHITECTURE_KEYS = ("architecture", "base_filters", "depth", "batch_norm", "dropout")
 
 
-def starting_run(init_from: str) -> tuple[Path, Path, TrainConfig]:
-    """(folder, model path, config) of the finished run named by `init_from` ("pretrained": the
-    model shipped in the package)."""
+def finished_run(name: str, role: str = "init_from") -> tuple[Path, Path, TrainConfig]:
+    """(folder, model path, config) of the finished run named `name` ("pretrained": the model
+    shipped in the package); errors name the `role` it was given for."""
     from .errors import ModelLoadError
     from .inference import PRETRAINED_DIR, run_files
 
-    folder = PRETRAINED_DIR if init_from == "pretrained" else Path(init_from)
+    folder = PRETRAINED_DIR if name == "pretrained" else Path(name)
     try:
         files = run_files(folder)
     except ModelLoadError as exc:
-        raise ConfigError(f"init_from: {folder} is not a run folder ({exc}); give a finished "
+        raise ConfigError(f"{role}: {folder} is not a run folder ({exc}); give a finished "
                           f"run or 'pretrained'") from None
     state = _read_status(folder).get("state")
     if state != "finished":
-        raise ConfigError(f"init_from: {folder / STATUS_FILE} says the run is "
+        raise ConfigError(f"{role}: {folder / STATUS_FILE} says the run is "
                           f"{state or 'of unknown state'}, not finished; give a finished run")
     return files
 
@@ -259,7 +259,7 @@ def checked_init_weights(config: TrainConfig) -> dict[str, list]:
     from .inference import load_keras_model
     from .model import wnet_weights_from_unet
 
-    folder, model_path, init = starting_run(config.init_from)
+    folder, model_path, init = finished_run(config.init_from)
     check_init_compatible(config, init, folder)
     trained = load_keras_model(model_path)
     weights = {layer.name: layer.get_weights() for layer in trained.layers if layer.weights}
@@ -407,6 +407,18 @@ def choose_threshold(run: Path, val_rows, replaced: dict | None = None, tta: boo
     return threshold
 
 
+def validation_rows(config: TrainConfig, expected: list[str] | None, run: str | Path):
+    """The validation rows of `config`'s data folders, which must be the images `run` recorded."""
+    from .pipeline import split_rows
+
+    val_rows = split_rows(merged_manifest(data_folders(config)), "val")
+    if list(val_rows["id"]) != expected:
+        raise ConfigError(f"{run}: the data folders ({config.data}) do not hold the validation "
+                          f"images it was trained with; run from where it was trained, or pass "
+                          f"--data with the same preprocessed folders")
+    return val_rows
+
+
 def rethreshold(run: str | Path, tta: bool = False, scales: tuple[float, ...] = (1.0,),
                 data: list[str] | None = None) -> float:
     """Choose a finished run's threshold again on its validation images (after a change of the
@@ -415,7 +427,6 @@ def rethreshold(run: str | Path, tta: bool = False, scales: tuple[float, ...] = 
     preprocessed folders holding them, when not where the run was trained (the shipped model);
     they must hold the very validation images the run recorded."""
     from .inference import CONFIG_FILE, THRESHOLD_FILE
-    from .pipeline import split_rows
 
     run = Path(run)
     if _read_status(run).get("state") != "finished":
@@ -424,11 +435,7 @@ def rethreshold(run: str | Path, tta: bool = False, scales: tuple[float, ...] = 
     previous = json.loads((run / THRESHOLD_FILE).read_text(encoding="utf-8"))
     if data:
         config = replace(config, data=",".join(str(folder) for folder in data))
-    val_rows = split_rows(merged_manifest(data_folders(config)), "val")
-    if list(val_rows["id"]) != previous.get("validation_images"):
-        raise ConfigError(f"{run}: the data folders ({config.data}) do not hold the validation "
-                          f"images it was trained with; run from where it was trained, or pass "
-                          f"--data with the same preprocessed folders")
+    val_rows = validation_rows(config, previous.get("validation_images"), run)
     if setting_key(tta, scales):
         return choose_threshold(run, val_rows, tta=tta, scales=scales)
     threshold = choose_threshold(run, val_rows, replaced=previous)  # one write keeps both

@@ -43,7 +43,9 @@ from .accuracy import (
 
 #: Dataset reader name -> its folder name in the shared datasets folder.
 FOLDERS = {"drive": "DRIVE", "chase": "CHASEDB1", "hrf": "HRF"}
-SHIPPED_FILES = ("best.keras", "config.json", "threshold.json", "status.json", "history.csv")
+SHIPPED_FILES = ("best.keras", "config.json", "threshold.json", "status.json")
+#: Shipped when the run has them: a trained run's history, a joined run's record of its members.
+SHIPPED_IF_PRESENT = ("history.csv", "ensemble.json")
 
 
 def preprocess_all(datasets: Path, out: Path, config: TrainConfig,
@@ -66,10 +68,10 @@ def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | P
     """Test the shipped model (or `run`, or a newly trained one) on each dataset's test split;
     `init_from` (a run or "pretrained") makes the new one a fine-tuning of it; `working_size`
     overrides the model's own size for the tests, `scales` averages several magnifications."""
-    from ..train import starting_run, train
+    from ..train import finished_run, train
 
     if init_from:
-        starting_run(init_from)  # a wrong folder fails now, not after preprocessing
+        finished_run(init_from)  # a wrong folder fails now, not after preprocessing
     out = Path(out)
     recipe_path = Path(recipe) if recipe else RECIPES / "pretrained.json"
     config = load_config(TrainConfig, recipe_path)
@@ -124,7 +126,7 @@ def ship(run: str | Path, target: str | Path) -> Path:
     staging = target.with_name(target.name + ".part")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for name in SHIPPED_FILES:
+    for name in SHIPPED_FILES + tuple(n for n in SHIPPED_IF_PRESENT if (run / n).exists()):
         if name == "best.keras":  # the weights only: the checkpoint's optimizer state is dead
             load_keras_model(run / name).save(staging / name)  # weight (2/3 of the file)
         else:
