@@ -16,8 +16,9 @@ from vesselseg.io import write_png
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
-#: Commands that train for minutes to hours: only checked to parse.
-LONG = ("vesselseg.train", "vesselseg.benchmarks.")
+#: Commands that train for minutes to hours, or join two such runs (tests/test_ensemble.py runs
+#: that one on tiny runs): only checked to parse.
+LONG = ("vesselseg.train", "vesselseg.benchmarks.", "vesselseg.ensemble")
 
 
 def readme_commands() -> list[list[str]]:
