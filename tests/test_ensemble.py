@@ -89,3 +89,17 @@ def test_cli_joins_and_reports_bad_members(tiny_run, other_run, tmp_path, capsys
     assert main([str(tiny_run), str(tmp_path / "missing"), "--runs-dir", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert "ensemble member" in error and "missing" in error
+
+
+def test_a_joined_run_exports_and_runs_as_tflite(tiny_run, other_run, tmp_path):
+    """The pair is one Keras graph: the export's own check holds it to the Keras model, and
+    the tflite backend gives the same maps."""
+    from vesselseg.export import export_run
+
+    run = join_runs(str(tiny_run), str(other_run), runs_dir=tmp_path)
+    export_run(run, "tflite")
+    fundus = generate_fundus(9, 128)
+    keras_map = Segmenter.from_run(run).predict(fundus.image, fundus.fov).probability
+    tflite_map = Segmenter.from_run(run, backend="tflite").predict(fundus.image,
+                                                                   fundus.fov).probability
+    np.testing.assert_allclose(tflite_map, keras_map, atol=1e-3)
