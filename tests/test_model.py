@@ -18,6 +18,7 @@ from vesselseg.model import (  # noqa: E402
     folded_batch_norm_weights,
     forward_flops,
     get_model,
+    layer_weights,
     pair_weights,
     set_layer_weights,
     size_multiple,
@@ -244,9 +245,7 @@ def test_unet_pair_averages_two_unets_probabilities():
         member.set_weights([rng.normal(0, 0.3, w.shape) for w in member.get_weights()])
     pair = get_model("unet_pair", batch_norm=True, **TINY)
     assert pair.count_params() == 2 * members[0].count_params()
-    weights = [{layer.name: layer.get_weights() for layer in m.layers if layer.weights}
-               for m in members]
-    set_layer_weights(pair, pair_weights(*weights))
+    set_layer_weights(pair, pair_weights(*(layer_weights(m) for m in members)))
     image = rng.random((1, 32, 32, 3), dtype=np.float32)
     expected = (np.asarray(members[0](image)) + np.asarray(members[1](image))) / 2
     np.testing.assert_allclose(np.asarray(pair(image)), expected, atol=1e-6)

@@ -1,12 +1,12 @@
 """`python -m vesselseg.ensemble`: join two finished runs of one U-Net shape into a new run whose
 model averages their vessel probabilities.
 
-Two networks trained apart (another seed) make partly different mistakes, so their average
-ranks pixels better than either, at twice the compute of one. The joined model is an ordinary
-run folder: `test`, `eval`, `export` and `--ship` take it like any other. Its weights are stored
-in float16 by default, which halves the file (two base-32 U-Nets fit in 8 MB) and is decoded to
-float32 on loading; the difference is below the rounding of bfloat16 inference. The threshold is
-chosen again on the validation images the two runs share.
+Two networks trained apart (another seed) may make partly different mistakes, which their
+average can correct, at twice the compute of one (on this project's own models it did not pay:
+README "Ablations"). The joined model is an ordinary run folder: `test`, `eval`, `export` and
+`--ship` take it like any other. Its weights are stored in float16 by default, which halves the
+file (two base-32 U-Nets fit in 8 MB); loading decodes them to float32. The threshold is chosen
+again on the validation images the two runs share.
 
     python -m vesselseg.ensemble pretrained artifacts/runs/20261129-124800_seed1
 """
@@ -54,18 +54,14 @@ def _validation_images(run: Path) -> list[str]:
     return json.loads(path.read_text(encoding="utf-8")).get("validation_images", [])
 
 
-def _layer_weights(model) -> dict[str, list]:
-    return {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
-
-
 def join_runs(first: str, second: str, runs_dir: str | Path = "artifacts/runs",
               name: str = "ensemble", data: list[str] | None = None,
               storage: str = "float16") -> Path:
     """Write a new run folder holding the `unet_pair` of two finished runs ("pretrained": the
     shipped model) with its threshold chosen on their shared validation images; returns it."""
     from .devices import dtype_policy
-    from .inference import MODEL_FILE, load_keras_model
-    from .model import get_model, pair_weights
+    from .inference import CONFIG_FILE, MODEL_FILE, load_keras_model
+    from .model import get_model, layer_weights, pair_weights
     from .train import STATUS_FILE, choose_threshold, finished_run, validation_rows
 
     if storage not in STORAGE_CHOICES:
@@ -87,7 +83,7 @@ def join_runs(first: str, second: str, runs_dir: str | Path = "artifacts/runs",
     with dtype_policy(storage):
         pair = get_model("unet_pair", base_filters=config.base_filters, depth=config.depth,
                          batch_norm=config.batch_norm, dropout=config.dropout)
-    weights = pair_weights(*(_layer_weights(load_keras_model(path)) for _, path, _ in members))
+    weights = pair_weights(*(layer_weights(load_keras_model(path)) for _, path, _ in members))
     for layer_name, values in weights.items():
         layer = pair.get_layer(layer_name)
         layer.set_weights([value.astype(layer.variable_dtype) for value in values])
@@ -95,7 +91,7 @@ def join_runs(first: str, second: str, runs_dir: str | Path = "artifacts/runs",
     run = new_folder(runs_dir, name)
     try:
         pair.save(run / MODEL_FILE)
-        save_config(config, run / "config.json")
+        save_config(config, run / CONFIG_FILE)
         record = {"members": [{"run": str(folder.resolve()), "run_name": member.run_name,
                                "seed": member.seed} for folder, member in zip(folders, configs)],
                   "storage": storage, "joined": datetime.now(timezone.utc).isoformat()}
@@ -130,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(args: argparse.Namespace) -> int:
     run = join_runs(*args.runs, runs_dir=args.runs_dir, name=args.name, data=args.data,
                     storage=args.storage)
-    status = json.loads((run / "status.json").read_text(encoding="utf-8"))
+    from .train import STATUS_FILE
+
+    status = json.loads((run / STATUS_FILE).read_text(encoding="utf-8"))
     print(f"ensemble: {run} (threshold {status['threshold']:.3f}, chosen on the members' "
           f"validation images)")
     return 0

@@ -144,8 +144,7 @@ def unet_pair(base_filters: int = 32, depth: int = 3, batch_norm: bool = False,
               dropout: float = 0.0, input_channels: int = 3,
               input_size: int | None = None) -> keras.Model:
     """Two U-Nets of one shape side by side, their vessel probabilities averaged: an ensemble of
-    two networks trained apart (`vesselseg.ensemble` joins them), whose errors partly cancel.
-    Twice a U-Net's cost."""
+    two networks trained apart (`vesselseg.ensemble` joins them). Twice a U-Net's cost."""
     inputs = keras.Input(shape=(input_size, input_size, input_channels), name="image")
     maps = [layers.Activation("sigmoid", dtype="float32", name=f"{prefix}probability")(
         _unet_logits(inputs, base_filters, depth, batch_norm, dropout, prefix))
@@ -225,10 +224,19 @@ def folded_batch_norm_weights(model: keras.Model) -> dict[str, list[np.ndarray]]
     return weights
 
 
+def layer_weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
+    """A model's weights by layer name (the form `set_layer_weights` takes)."""
+    return {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+
+
 def set_layer_weights(model: keras.Model, weights: dict[str, list]) -> None:
     """Set weights by layer name (a model built with other layers or names gets a clear error)."""
     for name, values in weights.items():
         model.get_layer(name).set_weights(values)
+
+
+#: Plain dtype policies that store weights in half precision (never used to train).
+HALF_STORAGE = ("float16", "bfloat16")
 
 
 def trained_policy(model: keras.Model) -> str:
@@ -239,7 +247,3 @@ def trained_policy(model: keras.Model) -> str:
     policy = next((layer.dtype_policy.name for layer in model.layers if layer.weights),
                   model.dtype_policy.name)
     return "float32" if policy in HALF_STORAGE else policy
-
-
-#: Plain dtype policies that store weights in half precision (never used to train).
-HALF_STORAGE = ("float16", "bfloat16")

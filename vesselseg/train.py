@@ -257,12 +257,12 @@ def checked_init_weights(config: TrainConfig) -> dict[str, list]:
     to fit this run (before any run folder exists, so a bad starting run leaves nothing
     behind). A W-Net grown from a U-Net starts from the U-Net's own maps."""
     from .inference import load_keras_model
-    from .model import wnet_weights_from_unet
+    from .model import layer_weights, wnet_weights_from_unet
 
     folder, model_path, init = finished_run(config.init_from)
     check_init_compatible(config, init, folder)
     trained = load_keras_model(model_path)
-    weights = {layer.name: layer.get_weights() for layer in trained.layers if layer.weights}
+    weights = layer_weights(trained)
     return wnet_weights_from_unet(weights) if grows_unet_into_wnet(config, init) else weights
 
 
