@@ -101,6 +101,8 @@ def test_wrong_type_names_the_key(data, key):
     ({"preprocess": {"clahe_tiles": 0}}, "preprocess.clahe_tiles"),
     ({"augment": {"zoom": 1.1, "scale_range": 1.2}}, "augment.scale_range"),
     ({"augment": {"zoom": 0.0}}, "augment.zoom"),
+    ({"augment": {"window": 500}}, "augment.window"),
+    ({"augment": {"window": -32}}, "augment.window"),
     ({"working_size": 500}, "working_size"),
     ({"working_size": 256, "preprocess": {"size": 512}}, "working_size"),
 ])

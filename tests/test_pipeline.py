@@ -188,3 +188,39 @@ def test_zoom_and_pan_run_inside_the_tf_data_pipeline(synthetic_preprocessed):
                                                     scale_range=0.2)).take(2)]
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
     assert not all(np.array_equal(a, b) for a, b in zip(first, plain))
+
+
+def _plain(**geometry) -> AugmentConfig:
+    return AugmentConfig(flips=False, rot90=False, rotation_degrees=0, scale_range=0.0,
+                         brightness=0, contrast=0, gamma=0, hue=0, saturation=0, **geometry)
+
+
+def test_window_views_are_the_stored_pixels_themselves():
+    """A centred 32-px window of a 64-px image is its middle, pixel for pixel: no resampling."""
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.random((64, 64, 1), dtype=np.float32))
+    target = tf.constant(np.stack([rng.random((64, 64)) > 0.5, np.ones((64, 64))], -1),
+                         tf.float32)
+    view, view_target = augment(image, target, tf.constant([0, 0], tf.int64), _plain(window=32))
+    assert view.shape == (32, 32, 1) and view_target.shape == (32, 32, 2)
+    np.testing.assert_array_equal(view.numpy(), image.numpy()[16:48, 16:48])
+    np.testing.assert_array_equal(view_target.numpy(), target.numpy()[16:48, 16:48])
+
+
+def test_window_views_pan_across_the_whole_stored_image():
+    image = tf.constant(np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None],
+                                (64, 1, 1)))
+    means = [float(tf.reduce_mean(augment(image, tf.ones((64, 64, 2)),
+                                          tf.constant([0, index], tf.int64),
+                                          _plain(window=32, pan=True))[0]))
+             for index in range(12)]
+    # a half-wide view's centre moves by up to a quarter of the image either way, never outside
+    assert min(means) < 0.4 and max(means) > 0.6
+    assert all(0.25 - 0.01 <= mean <= 0.75 + 0.01 for mean in means)
+
+
+def test_window_views_batch_inside_the_tf_data_pipeline(synthetic_preprocessed):
+    rows = split_rows(load_manifest(synthetic_preprocessed), "train")
+    config = AugmentConfig(window=64, pan=True, scale_range=0.2)
+    images, targets = next(iter(make_dataset(rows, 2, True, seed=0, augment_config=config)))
+    assert images.shape == (2, 64, 64, 3) and targets.shape == (2, 64, 64, 2)

@@ -185,6 +185,25 @@ def test_a_recipe_asking_for_other_preprocessing_names_the_fix(synthetic_preproc
                              preprocess=used), progress=False).exists()
 
 
+def test_window_views_train_and_the_run_works_at_the_stored_size(synthetic_preprocessed,
+                                                                  tmp_path):
+    """Training on 64-px windows of 128-px data: the model still runs whole at 128."""
+    from vesselseg.config import AugmentConfig
+    from vesselseg.inference import Segmenter
+
+    too_wide = tiny_config(synthetic_preprocessed, tmp_path / "runs",
+                           augment=AugmentConfig(window=160))
+    with pytest.raises(ConfigError, match=r"augment.window: 160 .*\(128\)"):
+        train(too_wide, progress=False)
+    assert not (tmp_path / "runs").exists()
+    run = train(tiny_config(synthetic_preprocessed, tmp_path / "runs", epochs=1,
+                            augment=AugmentConfig(window=64, pan=True)), progress=False)
+    segmenter = Segmenter.from_run(run)
+    assert segmenter.working_size == 128 and segmenter.runs_whole
+    image = np.zeros((150, 150, 3), np.uint8)
+    assert segmenter.predict(image).probability.shape == (150, 150)
+
+
 @pytest.mark.parametrize("flag, bad", [("--architecture", "vnet"), ("--loss", "dise")])
 def test_an_unknown_name_lists_the_valid_ones_before_any_run_folder(flag, bad,
                                                                     synthetic_preprocessed,

@@ -67,6 +67,10 @@ class AugmentConfig:
     # run's `working_size` above the training size (e.g. 1.125 for 576 with 512 windows)
     zoom: float = 1.0
     pan: bool = False  # a magnified view moves across the photo instead of staying centred
+    # side of the training views (0: the stored images' own size). Data preprocessed larger than
+    # the window (e.g. --size 704, window 512) gives views that carry the photo's own detail at
+    # the working scale; magnifying 512 images with `zoom` only interpolates them.
+    window: int = 0
     brightness: float = 0.15
     contrast: float = 0.25
     gamma: float = 0.25
@@ -80,6 +84,9 @@ class AugmentConfig:
         if not 0.0 <= self.scale_range < self.zoom:
             raise ConfigError(f"scale_range: {self.scale_range} must be in [0, zoom = "
                               f"{self.zoom}) so every zoom factor stays positive")
+        if self.window < 0 or self.window % 32:
+            raise ConfigError(f"window: {self.window} must be 0 (the stored size) or a positive "
+                              f"multiple of 32")
 
 
 @dataclass

@@ -41,17 +41,20 @@ def _decode(image_path, vessels_path, fov_path, gray=False, soft_labels=False):
     return image, tf.concat([vessels, tf.cast(fov >= 128, tf.float32)], -1)
 
 
-def _affine(stack, angle, scale, size, shift=(0.0, 0.0)):
+def _affine(stack, angle, scale, size, shift=(0.0, 0.0), out_size=None):
     """Rotate by `angle` (radians) and zoom by `scale` about the centre moved by `shift`
-    (pixels of the input), bilinear, zero fill."""
+    (pixels of the input), bilinear, zero fill; the output is `out_size` square (default: the
+    input's `size`), its centre taken from the input's (moved) centre."""
+    out_size = size if out_size is None else out_size
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
     centre = (tf.cast(size, tf.float32) - 1.0) / 2.0
+    out_centre = (tf.cast(out_size, tf.float32) - 1.0) / 2.0
     # output->input mapping: x_in = a0 x + a1 y + a2, y_in = b0 x + b1 y + b2
-    a2 = centre - cos * centre + sin * centre + shift[0]
-    b2 = centre - sin * centre - cos * centre + shift[1]
+    a2 = centre - cos * out_centre + sin * out_centre + shift[0]
+    b2 = centre - sin * out_centre - cos * out_centre + shift[1]
     transform = tf.stack([cos, -sin, a2, sin, cos, b2, 0.0, 0.0])[None]
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=stack[None], transforms=transform, output_shape=tf.shape(stack)[:2],
+        images=stack[None], transforms=transform, output_shape=tf.stack([out_size, out_size]),
         interpolation="BILINEAR", fill_mode="CONSTANT", fill_value=0.0)[0]
 
 
@@ -68,17 +71,19 @@ def augment(image, target, seed, config: AugmentConfig, soft_labels: bool = Fals
     if config.rot90:
         k = tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32)
         stack = tf.image.rot90(stack, k)
-    if config.rotation_degrees or config.scale_range or config.zoom != 1.0:
+    if config.rotation_degrees or config.scale_range or config.zoom != 1.0 or config.window:
         angle = uniform(3, -config.rotation_degrees, config.rotation_degrees) * math.pi / 180.0
         scale = uniform(4, config.zoom - config.scale_range, config.zoom + config.scale_range)
         size = tf.shape(stack)[0]
+        out_size = config.window or size
         shift = (0.0, 0.0)
-        if config.pan:  # the view (size / scale wide) may sit anywhere inside the photo
-            room = tf.maximum(1.0 - 1.0 / scale, 0.0) * tf.cast(size, tf.float32) / 2.0
+        if config.pan:  # the view (out_size / scale wide) may sit anywhere inside the photo
+            view = tf.cast(out_size, tf.float32) / scale
+            room = tf.maximum(tf.cast(size, tf.float32) - view, 0.0) / 2.0
             pan_seeds = tf.random.experimental.stateless_split(seeds[4], num=2)
             shift = (tf.random.stateless_uniform([], pan_seeds[0], -1.0, 1.0) * room,
                      tf.random.stateless_uniform([], pan_seeds[1], -1.0, 1.0) * room)
-        stack = _affine(stack, angle, scale, size, shift)
+        stack = _affine(stack, angle, scale, size, shift, out_size)
     image, vessels, fov = stack[..., :-2], stack[..., -2:-1], stack[..., -1:]
     vessels = tf.clip_by_value(vessels, 0.0, 1.0) if soft_labels else tf.cast(vessels >= 0.5,
                                                                                 tf.float32)

@@ -59,7 +59,7 @@ def merged_manifest(folders: list[str]):
 
 # settings added after the first runs, with the value that leaves a run as it was
 LATER_SETTINGS = {"init_from": "", "working_size": 0, "augment.zoom": 1.0, "augment.pan": False,
-                  "soft_labels": False}
+                  "soft_labels": False, "augment.window": 0}
 
 
 def config_fingerprint(config: TrainConfig) -> str:
@@ -285,6 +285,10 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
         raise ConfigError(f"data: the folders {folders} were preprocessed with different settings; "
                           f"preprocess them alike (same --size, --enhancement, cropping)")
     check_preprocessing(config.preprocess, settings[0], folders[0])
+    if config.augment.window > settings[0].size:
+        raise ConfigError(f"augment.window: {config.augment.window} is larger than the images in "
+                          f"{folders[0]} ({settings[0].size}); preprocess them at least that "
+                          f"large, or lower the window")
     check_architecture(config.architecture)
     loss = make_loss(config.loss, config.loss_balance, config.focal_alpha, config.focal_gamma,
                      use_fov=config.use_fov_in_loss)
