@@ -145,13 +145,17 @@ def test_steps_per_epoch():
     assert steps_per_epoch(rows, 4, requested=20) == 20
 
 
-def _gradient_views(zoom: float, pan: bool, count: int = 8) -> list[float]:
+def _plain(**geometry) -> AugmentConfig:
+    """Augmentation with only the given geometry: no flips, rotation or photometric change."""
+    return AugmentConfig(flips=False, rot90=False, rotation_degrees=0, scale_range=0.0,
+                         brightness=0, contrast=0, gamma=0, hue=0, saturation=0, **geometry)
+
+
+def _gradient_views(count: int = 8, **geometry) -> list[float]:
     """Mean brightness of augmented views of a left-dark, right-bright image."""
     image = tf.constant(np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None],
                                 (64, 1, 3)))
-    config = AugmentConfig(flips=False, rot90=False, rotation_degrees=0, scale_range=0.0,
-                           zoom=zoom, pan=pan, brightness=0, contrast=0, gamma=0, hue=0,
-                           saturation=0)
+    config = _plain(**geometry)
     return [float(tf.reduce_mean(augment(image, tf.ones((64, 64, 2)),
                                           tf.constant([0, index], tf.int64), config)[0]))
             for index in range(count)]
@@ -170,9 +174,7 @@ def test_zoom_runs_the_affine_step_without_other_geometry():
     """zoom alone (no rotation, no scale range) still magnifies."""
     image = tf.constant(np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None],
                                 (64, 1, 3)))
-    config = AugmentConfig(flips=False, rot90=False, rotation_degrees=0, scale_range=0.0,
-                           zoom=2.0, brightness=0, contrast=0, gamma=0, hue=0, saturation=0)
-    out = augment(image, tf.ones((64, 64, 2)), tf.constant([0, 0], tf.int64), config)[0]
+    out = augment(image, tf.ones((64, 64, 2)), tf.constant([0, 0], tf.int64), _plain(zoom=2.0))[0]
     assert abs(float(out[0, 0, 0]) - 0.25) < 0.02 and abs(float(out[0, -1, 0]) - 0.75) < 0.02
 
 
@@ -190,11 +192,6 @@ def test_zoom_and_pan_run_inside_the_tf_data_pipeline(synthetic_preprocessed):
     assert not all(np.array_equal(a, b) for a, b in zip(first, plain))
 
 
-def _plain(**geometry) -> AugmentConfig:
-    return AugmentConfig(flips=False, rot90=False, rotation_degrees=0, scale_range=0.0,
-                         brightness=0, contrast=0, gamma=0, hue=0, saturation=0, **geometry)
-
-
 def test_window_views_are_the_stored_pixels_themselves():
     """A centred 32-px window of a 64-px image is its middle, pixel for pixel: no resampling."""
     rng = np.random.default_rng(0)
@@ -208,12 +205,7 @@ def test_window_views_are_the_stored_pixels_themselves():
 
 
 def test_window_views_pan_across_the_whole_stored_image():
-    image = tf.constant(np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None],
-                                (64, 1, 1)))
-    means = [float(tf.reduce_mean(augment(image, tf.ones((64, 64, 2)),
-                                          tf.constant([0, index], tf.int64),
-                                          _plain(window=32, pan=True))[0]))
-             for index in range(12)]
+    means = _gradient_views(count=12, window=32, pan=True)
     # a half-wide view's centre moves by up to a quarter of the image either way, never outside
     assert min(means) < 0.4 and max(means) > 0.6
     assert all(0.25 - 0.01 <= mean <= 0.75 + 0.01 for mean in means)
