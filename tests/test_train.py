@@ -371,13 +371,11 @@ def test_fine_tuning_from_a_folder_without_a_model_names_it(synthetic_preprocess
 
 
 def test_fine_tuning_the_shipped_model(make_synthetic_dataset, tmp_path):
-    from vesselseg.config import PreprocessConfig
     from vesselseg.inference import PRETRAINED_DIR
     from vesselseg.preprocess import preprocess_dataset
 
     shipped = load_config(TrainConfig, PRETRAINED_DIR / "config.json")
-    data, settings = tmp_path / "data", PreprocessConfig(
-        enhancement=shipped.preprocess.enhancement, val_fraction=0.25)
+    data, settings = tmp_path / "data", replace(shipped.preprocess, val_fraction=0.25)
     preprocess_dataset("folder", make_synthetic_dataset(count=4, size=160), data, settings,
                        progress=False)
     config = replace(shipped, data=str(data), runs_dir=str(tmp_path / "runs"), preprocess=settings,
