@@ -151,10 +151,14 @@ def _plain(**geometry) -> AugmentConfig:
                          brightness=0, contrast=0, gamma=0, hue=0, saturation=0, **geometry)
 
 
+def _gradient_image() -> tf.Tensor:
+    """A 64x64 image dark on the left, bright on the right: where a view sits shows in its mean."""
+    return tf.constant(np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None], (64, 1, 3)))
+
+
 def _gradient_views(count: int = 8, **geometry) -> list[float]:
-    """Mean brightness of augmented views of a left-dark, right-bright image."""
-    image = tf.constant(np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None],
-                                (64, 1, 3)))
+    """Mean brightness of augmented views of the gradient image."""
+    image = _gradient_image()
     config = _plain(**geometry)
     return [float(tf.reduce_mean(augment(image, tf.ones((64, 64, 2)),
                                           tf.constant([0, index], tf.int64), config)[0]))
@@ -172,8 +176,7 @@ def test_zoom_magnifies_about_the_centre_and_pan_moves_the_view():
 
 def test_zoom_runs_the_affine_step_without_other_geometry():
     """zoom alone (no rotation, no scale range) still magnifies."""
-    image = tf.constant(np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None],
-                                (64, 1, 3)))
+    image = _gradient_image()
     out = augment(image, tf.ones((64, 64, 2)), tf.constant([0, 0], tf.int64), _plain(zoom=2.0))[0]
     assert abs(float(out[0, 0, 0]) - 0.25) < 0.02 and abs(float(out[0, -1, 0]) - 0.75) < 0.02
 
