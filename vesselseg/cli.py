@@ -1,4 +1,6 @@
-"""Shared command-line plumbing: every CLI prints package errors as one clear line and exits 1."""
+"""Shared command-line plumbing: every command prints package errors as one clear line and exits
+1, shares the options that mean the same thing everywhere (--run, --tta, --scales...), and makes
+its configuration flags from the config dataclasses."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import VesselsegError
+from .errors import ConfigError, VesselsegError
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -14,17 +16,6 @@ def describe_os_error(exc: OSError) -> str:
     reason = exc.strerror or str(exc) or type(exc).__name__
     names = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
     return f"{' -> '.join(names)}: {reason}" if names else reason
-
-
-def simulate_crash(variable: str, done: int) -> None:
-    """Crash tests: SIGKILL this process when the environment variable `variable` equals `done`
-    (the count of finished units of work). Lets tests kill a command at an exact point, with no
-    timing involved; unset, it does nothing."""
-    import signal
-
-    wanted = os.environ.get(variable)
-    if wanted and int(wanted) == done:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
@@ -48,8 +39,131 @@ def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
         return 130
 
 
+def add_run_argument(parser: argparse.ArgumentParser) -> None:
+    """--run, the same on every command that uses a trained model."""
+    parser.add_argument("--run", metavar="RUN",
+                        help="run folder from vesselseg train, or 'pretrained' (default: the "
+                             "shipped pretrained model)")
+
+
+def add_inference_arguments(parser) -> None:
+    """The options of every command that runs a model (`test`, `eval`)."""
+    from .backends import BACKENDS
+    from .inference import INFERENCE_PRECISIONS
+
+    parser.add_argument("--tta", action="store_true", help="average flipped predictions")
+    add_scales_argument(parser)
+    parser.add_argument("--backend", choices=BACKENDS, default="keras",
+                        help="run the Keras model (default) or its ONNX / TFLite export "
+                             "(made beforehand by vesselseg export; ONNX needs pip install "
+                             "\"vesselseg[export]\")")
+    parser.add_argument("--working-size", type=int,
+                        help="run the model on an NxN version of the FOV crop: whole up to "
+                             "1.5x the training size, else in overlapping windows of the "
+                             "training size (e.g. 1024 for large photos; default: the run's "
+                             "working_size, else the training size; an export takes only its "
+                             "own size or larger)")
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS,
+                        help="compute precision of the Keras model: bfloat16 is faster on CPUs "
+                             "with AVX512-BF16 or AMX; auto = bfloat16 there (without a GPU), "
+                             "else as trained (default: auto for the shipped model; a --run runs "
+                             "as trained). train's auto differs: it keeps float32 on CPUs")
+    parser.add_argument("--threshold", type=float,
+                        help="decision threshold (default: the model's validation-chosen one)")
+
+
+def _scales_argument(text: str) -> tuple[float, ...]:
+    """parse_scales for argparse: a bad list is a usage error (exit 2), not a traceback."""
+    import argparse
+
+    from .inference import parse_scales
+
+    try:
+        return parse_scales(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_scales_argument(parser, prefix: str = "") -> None:
+    """--scales, for every command that runs (or chooses a threshold for) a model."""
+    from .inference import MULTI_SCALES
+
+    multi = ",".join(f"{x:g}" for x in MULTI_SCALES)
+    parser.add_argument("--scales", type=_scales_argument, default=(1.0,), metavar="LIST",
+                        help=f"{prefix}average predictions at these magnifications of the "
+                             f"working size, e.g. 1,1.25, or 'multi' for {multi} (more accurate, "
+                             f"slower: the work grows with the sum of the squared factors; "
+                             f"default 1)")
+
+
+def segmenter_from_args(args):
+    """The Segmenter of `--run` (default: the shipped model) with the options above."""
+    kwargs = {"tta": args.tta, "scales": args.scales, "backend": args.backend,
+              "precision": args.precision}
+    if args.threshold is not None:
+        kwargs["threshold"] = args.threshold
+    if args.working_size is not None:
+        kwargs["working_size"] = args.working_size
+    from .inference import Segmenter
+
+    if args.run in (None, "pretrained"):
+        return Segmenter.pretrained(**kwargs)
+    return Segmenter.from_run(args.run, **kwargs)
+
+
+
+# -- flags made from the config dataclasses --------------------------------------------------
+def _flag_type(annotation):
+    import typing
+
+    if typing.get_origin(annotation) is list:
+        return {"nargs": "+"}
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    return {"type": annotation}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
+                         flags: dict[str, tuple[str, ...]] | None = None) -> None:
+    """One flag per scalar field of the dataclass `cls` (`--base-filters` for base_filters),
+    its help and choices from the field's metadata and its default shown: the config is the
+    one source of truth. Flags default to None, so an unset flag never overrides a config
+    file. `flags` adds aliases of a field's flag (same meaning, e.g. a name kept from an
+    earlier version)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    defaults = cls() if all(f.default is not dataclasses.MISSING
+                            or f.default_factory is not dataclasses.MISSING
+                            for f in dataclasses.fields(cls)) else None
+    for item in dataclasses.fields(cls):
+        annotation = hints[item.name]
+        if item.name in skip or dataclasses.is_dataclass(annotation):
+            continue
+        names = [f"--{item.name.replace('_', '-')}", *(flags or {}).get(item.name, ())]
+        default = getattr(defaults, item.name) if defaults is not None else None
+        shown = " ".join(default) if isinstance(default, list) else default
+        help_text = item.metadata.get("help", item.name.replace("_", " "))
+        kwargs = _flag_type(annotation)
+        if "choices" in item.metadata:
+            kwargs["choices"] = item.metadata["choices"]
+        parser.add_argument(*names, dest=item.name, default=None,
+                            help=f"{help_text} (default: {shown!s})".replace("%", "%%"),
+                            **kwargs)
+
+
+def config_overrides(args: argparse.Namespace, cls) -> dict:
+    """The fields of `cls` that flags set (not None) in `args`."""
+    import dataclasses
+
+    names = {item.name for item in dataclasses.fields(cls)}
+    return {key: value for key, value in vars(args).items()
+            if key in names and value is not None}
+
+
 #: The commands whose `--help` README's "Command reference" reproduces (a test keeps it in step).
-REFERENCE_COMMANDS = ("preprocess", "train", "test", "eval", "export")
+REFERENCE_COMMANDS = ("preprocess", "train", "calibrate", "test", "eval", "export")
 HELP_WIDTH = 100
 
 
@@ -70,12 +184,12 @@ def help_text(module: str, width: int = HELP_WIDTH) -> str:
 
 
 def command_reference() -> str:
-    """README's "Command reference" body: every command's --help in a text block."""
+    """docs/cli.md: every command's --help in a text block."""
     blocks = []
     for module in REFERENCE_COMMANDS:
         blocks.append(f"### `python -m vesselseg.{module}`\n\n```text\n{help_text(module)}```\n")
     return "\n".join(blocks)
 
 
-if __name__ == "__main__":  # python -m vesselseg.cli: print the README command reference
+if __name__ == "__main__":  # python -m vesselseg.cli > docs/cli.md: the command reference
     print(command_reference(), end="")

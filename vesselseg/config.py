@@ -22,18 +22,29 @@ LR_SCHEDULES = ("plateau", "cosine")
 KEEP_CHOICES = ("best", "last")  # which epoch's model a run keeps
 
 
+def _option(default, help: str, choices: tuple | None = None, **kwargs):
+    """A config field with the help text (and choices) its command-line flag shows: the flags
+    of `train` are made from these fields (`cli.add_config_arguments`), one source of truth."""
+    metadata = {"help": help, **({"choices": choices} if choices else {})}
+    if callable(default) and not isinstance(default, (int, float, str, bool)):
+        return field(default_factory=default, metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
 @dataclass
 class PreprocessConfig:
     """How raw photos become model inputs; training, test and eval all apply the same one."""
 
-    size: int = 512
-    enhancement: str = "none"  # none | clahe (luminance) | green_clahe (green channel, gray)
-    crop_to_fov: bool = True  # crop to the FOV's bounding box before resizing
-    clahe_clip: float = 2.0
-    clahe_tiles: int = 8
-    val_fraction: float = 0.15
-    augment: int = 0  # offline augmented copies per training image
-    seed: int = 0
+    size: int = _option(512, "side of the square model inputs (a multiple of 32)")
+    enhancement: str = _option("none", "contrast enhancement: none, clahe (luminance) or "
+                                       "green_clahe (green channel, gray)", choices=ENHANCEMENTS)
+    crop_to_fov: bool = _option(True, "crop to the FOV's bounding box before resizing "
+                                      "(--no-crop-to-fov resizes the whole frame)")
+    clahe_clip: float = _option(2.0, "CLAHE clip limit")
+    clahe_tiles: int = _option(8, "CLAHE tiles per side")
+    val_fraction: float = _option(0.15, "share of training images held out for validation")
+    augment: int = _option(0, "offline augmented copies per training image")
+    seed: int = _option(0, "seed of the validation split and offline augmentation")
 
     @property
     def gray(self) -> bool:
@@ -93,43 +104,58 @@ class AugmentConfig:
 class TrainConfig:
     """Everything that determines a training run; saved as config.json in the run folder."""
 
-    data: str = "data/preprocessed"
-    run_name: str = "unet"
-    runs_dir: str = "artifacts/runs"
-    architecture: str = "unet"
-    base_filters: int = 16
-    depth: int = 4
-    batch_norm: bool = True
-    dropout: float = 0.0
-    loss: str = "dice"
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    loss_balance: float = 0.5  # weight of the first term in combined losses
-    epochs: int = 100
-    steps_per_epoch: int = 0  # 0: one pass over the training images
-    batch_size: int = 4
-    learning_rate: float = 1e-3
-    lr_schedule: str = "plateau"  # plateau | cosine
-    min_learning_rate: float = 1e-5
-    plateau_patience: int = 8
-    early_stopping_patience: int = 25
-    keep: str = "best"  # best: highest validation Dice | last: the final epoch (see README)
-    budget_minutes: float = 0.0  # stop after this much wall-clock (0: no limit)
-    precision: str = "auto"
-    seed: int = 0
-    cache: bool = True
-    use_fov_in_loss: bool = True
-    # train on each pixel's annotation coverage instead of the binary mask: capillaries thinner
-    # than a model pixel stay in the targets as faint lines (validation stays binary)
-    soft_labels: bool = False
-    init_from: str = ""  # fine-tune from this run's weights ("pretrained": the shipped model)
-    # the size the FOV crop is resized to at test and eval (the model runs on it whole, being
-    # fully convolutional); 0: the training size. Pair a larger one with `augment.zoom`.
-    working_size: int = 0
+    data: list[str] = _option(lambda: ["data/preprocessed"],
+                              "preprocessed folder(s) from vesselseg.preprocess; several folders "
+                              "are trained on together (their train/val splits are merged)")
+    run_name: str = _option("unet", "suffix of the run folder's name")
+    runs_dir: str = _option("artifacts/runs", "parent folder of run folders")
+    architecture: str = _option("unet", "unet, or wnet: two U-Nets in a row, the second "
+                                        "correcting the first (LWNet's W-Net; twice the cost)")
+    base_filters: int = _option(16, "U-Net width: filters of the first level")
+    depth: int = _option(4, "U-Net levels (pooling steps)")
+    batch_norm: bool = _option(True, "batch normalisation after every convolution")
+    dropout: float = _option(0.0, "spatial dropout rate after each block's first convolution")
+    loss: str = _option("dice", "dice, bce, focal, focal_dice, bce_dice, cldice, "
+                                "bce_dice_cldice or bce_dice_skeleton")
+    focal_alpha: float = _option(0.25, "focal loss: weight of the vessel class")
+    focal_gamma: float = _option(2.0, "focal loss: focusing exponent")
+    loss_balance: float = _option(0.5, "weight of the first term in combined losses")
+    epochs: int = _option(100, "maximum epochs")
+    steps_per_epoch: int = _option(0, "batches per epoch (0: one pass over the training images)")
+    batch_size: int = _option(4, "images per step")
+    learning_rate: float = _option(1e-3, "Adam learning rate")
+    lr_schedule: str = _option("plateau", "plateau: halve the rate when validation stalls "
+                                          "(ReduceLROnPlateau); cosine: decay to the minimum over "
+                                          "the epochs or the budget, whichever ends first",
+                               choices=LR_SCHEDULES)
+    min_learning_rate: float = _option(1e-5, "lowest learning rate of either schedule")
+    plateau_patience: int = _option(8, "epochs without progress before the rate is halved")
+    early_stopping_patience: int = _option(25, "epochs without progress before training stops")
+    keep: str = _option("best", "which epoch's model the run keeps: best (highest validation "
+                                "Dice) or last (for the cosine schedule)", choices=KEEP_CHOICES)
+    budget_minutes: float = _option(0.0, "stop before this much wall-clock time is spent "
+                                         "(0: no limit)")
+    precision: str = _option("auto", "auto: mixed_float16 on a GPU, float32 on a CPU; bfloat16 "
+                                     "is faster on CPUs with AMX or AVX512-BF16",
+                             choices=PRECISIONS)
+    seed: int = _option(0, "seed of weights, shuffling and augmentation")
+    cache: bool = _option(True, "keep the decoded training images in memory")
+    use_fov_in_loss: bool = _option(True, "count only pixels inside the FOV in the loss")
+    soft_labels: bool = _option(False, "train on each pixel's vessel coverage instead of the "
+                                       "binary mask (keeps capillaries thinner than a pixel)")
+    init_from: str = _option("", "fine-tune: start from a finished run's weights, or "
+                                 "'pretrained' for the shipped model")
+    working_size: int = _option(0, "side the FOV crop is resized to at test and eval (0: the "
+                                   "training size); pair a larger one with augment.zoom")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, str):  # config.json files written before `data` was a list
+            self.data = [part.strip() for part in self.data.split(",") if part.strip()]
+        self.data = [str(folder) for folder in self.data]
+        if not self.data:
+            raise ConfigError("data: give at least one preprocessed folder")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision: {self.precision!r} is not one of {PRECISIONS}")
         if self.keep not in KEEP_CHOICES:
@@ -176,6 +202,12 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
+    if origin is list:
+        if isinstance(value, str):  # a comma-joined list, as older config files hold
+            return value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return list(value)
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -205,6 +237,28 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def save_config(config: Any, path: str | Path) -> Path:
     return write_text_atomic(path, json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+
+
+#: The recipes shipped with the package, found by name (`--config finetune`).
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_names(folders: tuple[Path, ...] = (RECIPES_DIR,)) -> list[str]:
+    return sorted({path.stem for folder in folders if folder.is_dir()
+                   for path in folder.glob("*.json")})
+
+
+def find_recipe(name: str | Path, folders: tuple[Path, ...] = (RECIPES_DIR,)) -> Path:
+    """A recipe file by path, or by name in `folders` (the package's recipes by default), from
+    any working directory."""
+    path = Path(name)
+    if path.suffix == ".json" or path.exists() or len(path.parts) > 1:
+        return path
+    for folder in folders:
+        if (folder / f"{name}.json").exists():
+            return folder / f"{name}.json"
+    raise ConfigError(f"config: no recipe named {str(name)!r} (known: "
+                      f"{', '.join(recipe_names(folders))}) and no such file")
 
 
 def load_config(cls: type[T], path: str | Path) -> T:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .cli import run_cli
 from .config import PreprocessConfig, TrainConfig
-from .inference import MODEL_FILE, PRETRAINED_DIR, Segmenter
+from .inference import Segmenter
 from .io import write_png
 
 
@@ -31,7 +31,7 @@ def run_demo(out: str | Path, epochs: int = 6, size: int = 256, images: int = 16
     report = preprocess_dataset("folder", raw, data, PreprocessConfig(size=size), progress=False)
     print(f"    {report.counts}")
     print("3/5 train (small model, a few epochs)")
-    run = train(TrainConfig(data=str(data), run_name="demo", runs_dir=str(out / "runs"),
+    run = train(TrainConfig(data=[str(data)], run_name="demo", runs_dir=str(out / "runs"),
                             base_filters=8, depth=3, epochs=epochs, steps_per_epoch=6,
                             batch_size=2), progress=False)
     print(f"    run folder: {run}")
@@ -43,7 +43,9 @@ def run_demo(out: str | Path, epochs: int = 6, size: int = 256, images: int = 16
     print("5/5 eval on photos without annotation")
     photos = [Path(p) for p in sorted((raw / "images").iterdir())[:2]]
     retina = _retina_photo(out)
-    if (PRETRAINED_DIR / MODEL_FILE).exists():
+    from .runs import PRETRAINED_NAME, RunFolder
+
+    if RunFolder.named(PRETRAINED_NAME).model_path.exists():
         eval_segmenter, label = Segmenter.pretrained(), "shipped pretrained model"
         photos = [retina]
     else:
@@ -67,7 +69,7 @@ def _retina_photo(out: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vesselseg.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="vesselseg demo", description=__doc__)
     parser.add_argument("--out", default="artifacts/demo", help="demo folder (artifacts/demo)")
     parser.add_argument("--epochs", type=int, default=6)
     return parser

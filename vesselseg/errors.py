@@ -1,14 +1,22 @@
-"""The package's own error types, so callers can catch one thing and CLIs can print it cleanly."""
+"""The package's own error types: callers catch one base class, or the one that says what went
+wrong (the input, the settings, the run folder, the model file); CLIs print them as one line.
+
+Every message names the file or the configuration key at fault.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 
 class VesselsegError(Exception):
-    """Base class of every error the package raises on purpose (bad input, bad config...)."""
+    """Base class of every error the package raises on purpose."""
 
 
-class ImageReadError(VesselsegError):
+class InputError(VesselsegError):
+    """Bad input data: a photo, an annotation or a dataset folder."""
+
+
+class ImageReadError(InputError):
     """A file could not be read as an image; the message names the file and the reason."""
 
     def __init__(self, path: str | Path, reason: str):
@@ -17,7 +25,7 @@ class ImageReadError(VesselsegError):
         super().__init__(f"{self.path}: {reason}")
 
 
-class DatasetError(VesselsegError):
+class DatasetError(InputError):
     """A dataset folder is missing, empty or inconsistent."""
 
 
@@ -26,4 +34,12 @@ class ConfigError(VesselsegError):
 
 
 class ModelLoadError(VesselsegError):
-    """A run folder or model file is missing, unsafe or not a vesselseg model."""
+    """A model cannot be loaded: the run folder or the model file is at fault."""
+
+
+class RunFolderError(ModelLoadError):
+    """A run folder is missing, incomplete, unfinished or not a vesselseg run."""
+
+
+class ModelFileError(ModelLoadError):
+    """A model file is missing, unsafe (carries code) or not a vesselseg model."""

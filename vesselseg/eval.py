@@ -1,4 +1,4 @@
-"""`python -m vesselseg.eval IMAGE_OR_FOLDER ...`: segment photos, no annotation needed.
+"""`vesselseg eval IMAGE_OR_FOLDER ...`: segment photos, no annotation needed.
 
 For each photo: <name>_probability.png, <name>_mask.png and <name>_overlay.png (at the photo's
 native size), and its vessel density printed. Any size; JPEG, PNG, TIFF, GIF, PPM, BMP; grayscale,
@@ -17,9 +17,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cli import describe_os_error, run_cli
+from .cli import (
+    add_inference_arguments,
+    add_run_argument,
+    describe_os_error,
+    run_cli,
+    segmenter_from_args,
+)
 from .errors import DatasetError, VesselsegError
-from .inference import Prediction, Segmenter, add_inference_arguments, segmenter_from_args
+from .inference import Prediction, Segmenter
 from .io import is_image_file, read_image, write_png, write_text_atomic
 from .outputs import new_folder, write_probability
 from .plots import overlay
@@ -122,12 +128,11 @@ def segment_images(segmenter: Segmenter, images: list[Path], out: str | Path,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m vesselseg.eval",
+        prog="vesselseg eval",
         description="Segment the vessels of fundus photos (files or folders). Writes a "
                     "probability map, a binary mask and an overlay per photo, at native size.")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--run", help="run folder from vesselseg.train (default: the shipped "
-                                      "pretrained model)")
+    add_run_argument(parser)
     parser.add_argument("--out", help="output folder (default: a new folder in artifacts/eval/; "
                                       "an earlier result there is never replaced without "
                                       "--overwrite)")

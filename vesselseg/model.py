@@ -75,7 +75,7 @@ def _conv_block(x, filters: int, batch_norm: bool, dropout: float, name: str):
     return x
 
 
-def _unet_logits(x, base_filters: int, depth: int, batch_norm: bool, dropout: float,
+def unet_logits(x, base_filters: int, depth: int, batch_norm: bool, dropout: float,
                  prefix: str = ""):
     """The U-Net from input to its one-channel logits; `prefix` keeps two of them apart."""
     skips = []
@@ -103,7 +103,7 @@ def unet(base_filters: int = 64, depth: int = 4, batch_norm: bool = False, dropo
          input_channels: int = 3, input_size: int | None = None) -> keras.Model:
     """Classic U-Net; base 64 / depth 4 / no batch norm is the 31.0M-parameter original."""
     inputs = keras.Input(shape=(input_size, input_size, input_channels), name="image")
-    logits = _unet_logits(inputs, base_filters, depth, batch_norm, dropout)
+    logits = unet_logits(inputs, base_filters, depth, batch_norm, dropout)
     return keras.Model(inputs, _probability(logits), name=f"unet_f{base_filters}_d{depth}")
 
 
@@ -118,10 +118,10 @@ def wnet(base_filters: int = 8, depth: int = 4, batch_norm: bool = False, dropou
     vessel map, and adds a correction to the first's logits. Through that sum the loss trains
     the first U-Net directly as well, so no second output is needed. Twice a U-Net's cost."""
     inputs = keras.Input(shape=(input_size, input_size, input_channels), name="image")
-    first = _unet_logits(inputs, base_filters, depth, batch_norm, dropout, _FIRST)
+    first = unet_logits(inputs, base_filters, depth, batch_norm, dropout, _FIRST)
     first_map = layers.Activation("sigmoid", name="first_probability")(first)
     seen = layers.Concatenate(name="image_and_first_map")([inputs, first_map])
-    correction = _unet_logits(seen, base_filters, depth, batch_norm, dropout, _SECOND)
+    correction = unet_logits(seen, base_filters, depth, batch_norm, dropout, _SECOND)
     logits = layers.Add(name="logits")([first, correction])
     return keras.Model(inputs, _probability(logits), name=f"wnet_f{base_filters}_d{depth}")
 
@@ -133,30 +133,6 @@ def wnet_weights_from_unet(unet_weights: dict[str, list]) -> dict[str, list]:
     grown = {f"{_FIRST}{name}": values for name, values in unet_weights.items()}
     grown[f"{_SECOND}logits"] = [np.zeros_like(values) for values in unet_weights["logits"]]
     return grown
-
-
-#: Layer-name prefixes of an ensemble's two U-Nets.
-_PAIR = ("a_", "b_")
-
-
-@register_architecture("unet_pair")
-def unet_pair(base_filters: int = 32, depth: int = 3, batch_norm: bool = False,
-              dropout: float = 0.0, input_channels: int = 3,
-              input_size: int | None = None) -> keras.Model:
-    """Two U-Nets of one shape side by side, their vessel probabilities averaged: an ensemble of
-    two networks trained apart (`vesselseg.ensemble` joins them). Twice a U-Net's cost."""
-    inputs = keras.Input(shape=(input_size, input_size, input_channels), name="image")
-    maps = [layers.Activation("sigmoid", dtype="float32", name=f"{prefix}probability")(
-        _unet_logits(inputs, base_filters, depth, batch_norm, dropout, prefix))
-        for prefix in _PAIR]
-    averaged = layers.Average(dtype="float32", name="vessel_probability")(maps)
-    return keras.Model(inputs, averaged, name=f"unet_pair_f{base_filters}_d{depth}")
-
-
-def pair_weights(first: dict[str, list], second: dict[str, list]) -> dict[str, list]:
-    """Two U-Nets' weights by layer name, placed in a `unet_pair` of the same shape."""
-    return {f"{prefix}{name}": values for prefix, weights in zip(_PAIR, (first, second))
-            for name, values in weights.items()}
 
 
 def get_model(architecture: str = "unet", **kwargs) -> keras.Model:
@@ -243,7 +219,7 @@ def trained_policy(model: keras.Model) -> str:
     """The dtype policy a model was trained with, e.g. "mixed_bfloat16". Keras saves it per
     layer: a loaded model itself reports the global policy of the moment it was loaded. Training
     only uses float32 and mixed policies; a plain half-precision one is a storage format
-    (`vesselseg.ensemble` halves its file so), which decodes exactly to float32."""
+    (`experiments.ensemble` halves its file so), which decodes exactly to float32."""
     policy = next((layer.dtype_policy.name for layer in model.layers if layer.weights),
                   model.dtype_policy.name)
     return "float32" if policy in HALF_STORAGE else policy

@@ -132,7 +132,7 @@ def make_dataset(rows: pd.DataFrame, batch_size: int, training: bool, seed: int 
 
     `autotune=False` turns tf.data's autotuner off: on a CPU-only machine its threads compete with
     the model's for the same cores (measured on 2 cores: 2.9 -> 3.5 img/s with augmentation, see
-    `python -m vesselseg.benchmarks.pipeline`). With a GPU the cores are free, so keep it on.
+    `python -m benchmarks.pipeline`). With a GPU the cores are free, so keep it on.
     `soft_labels`: vessel targets are each pixel's annotation coverage, not the binary mask.
     """
     paths = (list(rows["image"]), list(rows["vessels"]), list(rows["fov"]))

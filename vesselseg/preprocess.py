@@ -1,4 +1,4 @@
-"""`python -m vesselseg.preprocess`: read a dataset and write model-ready 512x512 PNGs + manifest.
+"""`vesselseg preprocess`: read a dataset and write model-ready square PNGs and a manifest.
 
 Output folder::
 
@@ -19,6 +19,7 @@ import random
 import shutil
 import sys
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,8 +29,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .cli import describe_os_error, run_cli, simulate_crash
-from .config import ENHANCEMENTS, PreprocessConfig, from_dict
+from .cli import add_config_arguments, config_overrides, describe_os_error, run_cli
+from .config import PreprocessConfig, from_dict
 from .datasets import Sample, read_dataset, reader_names
 from .errors import DatasetError, ImageReadError, VesselsegError
 from .fov import estimate_fov
@@ -165,8 +166,12 @@ def _read_settings(path: Path) -> dict | None:
 def preprocess_dataset(dataset: str, source: str | Path | None, out: str | Path,
                        config: PreprocessConfig | None = None, overwrite: bool = False,
                        skip_missing: bool = False, workers: int = 2,
-                       progress: bool = True) -> PreprocessReport:
-    """Preprocess a dataset into `out`; the library function behind the CLI."""
+                       progress: bool = True,
+                       on_sample_done: Callable[[int], None] | None = None) -> PreprocessReport:
+    """Preprocess a dataset into `out`; the library function behind the CLI.
+
+    `on_sample_done(rows_written)` is called after each finished sample (progress reporting,
+    or a test killing the process at an exact point)."""
     config = config or PreprocessConfig()
     out = Path(out)
     settings = {"dataset": dataset, "source": str(Path(source).resolve()) if source else None,
@@ -220,7 +225,8 @@ def preprocess_dataset(dataset: str, source: str | Path | None, out: str | Path,
                                    disable=not progress):
             try:
                 rows.extend(future.result())
-                simulate_crash("VESSELSEG_KILL_AFTER_SAMPLES", len(rows))
+                if on_sample_done is not None:
+                    on_sample_done(len(rows))
             except VesselsegError as exc:
                 failed.append((str(sample.image), str(exc)))
             except OSError as exc:  # reading is ImageReadError: this is an output (disk full...)
@@ -250,6 +256,11 @@ def load_manifest(folder: str | Path) -> pd.DataFrame:
     return manifest
 
 
+def merged_manifest(folders: list[str | Path]) -> pd.DataFrame:
+    """One manifest of several preprocessed folders (their splits merged)."""
+    return pd.concat([load_manifest(folder) for folder in folders], ignore_index=True)
+
+
 def load_preprocess_config(folder: str | Path) -> PreprocessConfig:
     path = Path(folder) / SETTINGS
     if not path.exists():
@@ -259,24 +270,17 @@ def load_preprocess_config(folder: str | Path) -> PreprocessConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m vesselseg.preprocess",
-        description="Read a fundus dataset and write 512x512 model inputs, vessel masks, FOV masks "
-                    "and a manifest.csv (with native sizes for honest evaluation later).")
+        prog="vesselseg preprocess",
+        description="Read a fundus dataset and write square model inputs, vessel masks, FOV "
+                    "masks and a manifest.csv (with native sizes for honest evaluation later).")
     parser.add_argument("--dataset", default="synthetic", choices=reader_names(),
                         help="dataset reader (default: synthetic, generated on the fly)")
     parser.add_argument("--source", default=None,
                         help="folder the dataset was unpacked in (synthetic: where to generate)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--size", type=int, default=512, help="model input size (default 512)")
-    parser.add_argument("--enhancement", choices=ENHANCEMENTS, default="none",
-                        help="contrast enhancement recorded in the output (default none)")
-    parser.add_argument("--no-crop", action="store_true",
-                        help="resize the whole frame instead of the FOV's bounding box")
-    parser.add_argument("--val-fraction", type=float, default=0.15,
-                        help="share of training images held out for validation (default 0.15)")
-    parser.add_argument("--augment", type=int, default=0,
-                        help="offline augmented copies per training image (default 0)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_config_arguments(parser, PreprocessConfig)
+    parser.add_argument("--no-crop", dest="crop_to_fov", action="store_false", default=None,
+                        help="same as --no-crop-to-fov")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output folder's contents")
     parser.add_argument("--skip-missing", action="store_true",
@@ -285,9 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    config = PreprocessConfig(size=args.size, enhancement=args.enhancement,
-                              crop_to_fov=not args.no_crop, val_fraction=args.val_fraction,
-                              augment=args.augment, seed=args.seed)
+    config = from_dict(PreprocessConfig, config_overrides(args, PreprocessConfig))
     report = preprocess_dataset(args.dataset, args.source, args.out, config,
                                 overwrite=args.overwrite, skip_missing=args.skip_missing)
     for path, why in report.skipped:

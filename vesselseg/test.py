@@ -1,4 +1,4 @@
-"""`python -m vesselseg.test`: honest per-image metrics of a trained model on annotated images.
+"""`vesselseg test`: honest per-image metrics of a trained model on annotated images.
 
 Protocol: probabilities are mapped back to each image's native resolution and compared with the
 reference annotation only inside the FOV; the pooled row sums pixel counts over all images.
@@ -21,15 +21,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .cli import run_cli
+from .cli import add_inference_arguments, add_run_argument, run_cli, segmenter_from_args
 from .datasets import read_dataset, reader_names
 from .errors import DatasetError, VesselsegError
 from .evaluation import METRIC_NAMES, PooledEvaluator, summary_rows
 from .fov import estimate_fov
-from .inference import PRETRAINED_DIR, Segmenter, add_inference_arguments, segmenter_from_args
+from .inference import Segmenter
 from .io import read_image, read_mask, write_png, write_text_atomic
-from .outputs import new_folder, write_probability
+from .outputs import write_probability
 from .plots import comparison_panel, roc_pr_curves
+from .runs import PRETRAINED_NAME, RunFolder
 
 PROTOCOL = ("native resolution; pixels inside the FOV only; pooled row = metrics of the summed "
             "pixel counts over all images; mean/std rows over per-image figures")
@@ -190,11 +191,10 @@ def format_table(table: pd.DataFrame) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m vesselseg.test",
+        prog="vesselseg test",
         description="Per-image and pooled metrics of a trained model on annotated images, at "
                     "native resolution inside the FOV (" + PROTOCOL + ").")
-    parser.add_argument("--run", help="run folder from vesselseg.train (default: the shipped "
-                                      "pretrained model)")
+    add_run_argument(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="preprocessed folder (uses its manifest)")
     source.add_argument("--dataset", choices=reader_names(), help="raw dataset reader")
@@ -222,14 +222,14 @@ def _main(args: argparse.Namespace) -> int:
         if out.exists() and any(out.iterdir()):
             raise VesselsegError(f"{out}: output folder is not empty; choose a new --out")
         created = not out.exists()
-    elif args.run:
-        out = new_folder(Path(args.run) / "tests", args.split)
     else:
-        out = new_folder("artifacts/tests", f"pretrained_{args.split}")
+        run = RunFolder.named(args.run or PRETRAINED_NAME)
+        name = f"pretrained_{args.split}" if run.is_shipped else args.split
+        out = run.output_folder(RunFolder.TESTS, name, "artifacts/tests")
     try:
         report = run_test(segmenter, items, out, save_images=not args.no_images,
                           description={"data": data_label, "split": args.split,
-                                       "run": str(args.run or PRETRAINED_DIR),
+                                       "run": str(RunFolder.named(args.run or PRETRAINED_NAME)),
                                        "backend": args.backend})
     except BaseException:
         if created:  # no image evaluated, disk full, Ctrl-C...: leave no partial result folder

@@ -1,7 +1,7 @@
 """Reproducible accuracy benchmark: preprocess a public dataset, train from scratch within a
 wall-clock budget, test on its test split, and write results.json + results.md.
 
-    python -m vesselseg.benchmarks.accuracy --dataset drive --source ../shared/datasets/DRIVE \\
+    python -m benchmarks.accuracy --dataset drive --source ../shared/datasets/DRIVE \\
         --budget-minutes 60
 
 Protocol of the reported figures: native resolution, pixels inside the FOV (official masks for
@@ -16,13 +16,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..cli import run_cli
-from ..config import TrainConfig, load_config
-from ..inference import add_scales_argument
-from ..io import write_text_atomic
-from ..outputs import new_folder
+from vesselseg.cli import add_scales_argument, run_cli
+from vesselseg.config import RECIPES_DIR, TrainConfig, find_recipe, load_config
+from vesselseg.io import write_text_atomic
+from vesselseg.outputs import new_folder
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+#: Where `--recipe NAME` looks: the package's recipes, then the experiments' ones.
+RECIPE_FOLDERS = (RECIPES_DIR, Path(__file__).resolve().parents[1] / "experiments" / "recipes")
+
+
+def recipe_file(recipe: str | Path | None, default: str) -> Path:
+    """A recipe by path or by name (the package's recipes first, then experiments/recipes)."""
+    return find_recipe(recipe or default, RECIPE_FOLDERS)
 #: Published figures (F1 / AUC-ROC) for the results tables, as their papers report them (DRIVE's
 #: 2nd observer and LWNet measured by this project's protocol; the papers' own protocols vary).
 PUBLISHED = {
@@ -37,15 +42,15 @@ def run_benchmark(dataset: str, source: str | Path, out: str | Path,
                   tta: bool = False, progress: bool = True,
                   scales: tuple[float, ...] = (1.0,)) -> dict:
     """Preprocess, train and test; returns the results dictionary (also written as JSON)."""
-    from ..train import train
+    from vesselseg.train import train
 
     out = Path(out)
-    recipe_path = Path(recipe) if recipe else RECIPES / f"{dataset}.json"
+    recipe_path = recipe_file(recipe, dataset)
     config = load_config(TrainConfig, recipe_path)
     data = prepare_data(dataset, source, out / "data" / dataset, config, progress)
     if budget_minutes is not None:
         config = replace(config, budget_minutes=budget_minutes)
-    config = replace(config, data=str(data), runs_dir=str(out / "runs"))
+    config = replace(config, data=[str(data)], runs_dir=str(out / "runs"))
     run = train(config, progress=progress)
     choose_setting_threshold(run, tta, scales)
     results = {"dataset": dataset, "recipe": str(recipe_path), **training_facts(run),
@@ -59,7 +64,7 @@ def run_benchmark(dataset: str, source: str | Path, out: str | Path,
 def prepare_data(dataset: str, source: str | Path, data: Path, config: TrainConfig,
                  progress: bool = True) -> Path:
     """Preprocess a raw dataset as the recipe says (images without annotation are skipped)."""
-    from ..preprocess import preprocess_dataset
+    from vesselseg.preprocess import preprocess_dataset
 
     preprocess_dataset(dataset, source, data, replace(config.preprocess), progress=progress,
                        skip_missing=True)
@@ -69,11 +74,11 @@ def prepare_data(dataset: str, source: str | Path, data: Path, config: TrainConf
 def choose_setting_threshold(run: Path, tta: bool, scales: tuple[float, ...]) -> None:
     """A run the benchmark trained is tested with flip TTA or several scales at a threshold
     chosen on its validation images for that setting (averaging shifts the probabilities)."""
-    from ..inference import setting_key
-    from ..train import rethreshold
+    from vesselseg.calibrate import calibrate
+    from vesselseg.inference import setting_key
 
     if setting_key(tta, scales):
-        rethreshold(run, tta, scales)
+        calibrate(run, tta, scales)
 
 
 def training_facts(run: Path) -> dict:
@@ -87,8 +92,8 @@ def evaluate_run(run: str | Path | None, data: Path, out: Path, tta: bool = Fals
                  scales: tuple[float, ...] = (1.0,)) -> dict:
     """Test a run (None: the shipped model) on the test split of a preprocessed folder, at
     `working_size` (default: the model's own) times each of `scales` (averaged)."""
-    from ..inference import Segmenter
-    from ..test import items_from_manifest, run_test
+    from vesselseg.inference import Segmenter
+    from vesselseg.test import items_from_manifest, run_test
 
     options = {"tta": tta, "working_size": working_size, "scales": scales}
     segmenter = Segmenter.from_run(run, **options) if run else Segmenter.pretrained(**options)
@@ -125,7 +130,7 @@ def markdown_table(results: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vesselseg.benchmarks.accuracy",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=("drive", "chase", "hrf"))
@@ -133,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-minutes", type=float,
                         help="wall-clock training budget (default: the recipe's)")
     parser.add_argument("--recipe",
-                        help="TrainConfig JSON (default vesselseg/recipes/DATASET.json)")
+                        help="recipe name or TrainConfig JSON file (default: the package's "
+                             "recipe named DATASET; names are also looked up in "
+                             "experiments/recipes)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     add_scales_argument(parser)
     parser.add_argument("--out", help="output folder (default: new folder in artifacts/benchmarks)")

@@ -1,4 +1,4 @@
-"""`python -m vesselseg.distill`: a copy of a preprocessed folder whose training targets mix the
+"""`python -m experiments.distill`: a copy of a preprocessed folder whose training targets mix the
 annotation with a teacher model's probability map, for training with `soft_labels`.
 
 Averaging several views (flip TTA, multi-scale) ranks pixels better than one pass but costs up to
@@ -6,7 +6,7 @@ Averaging several views (flip TTA, multi-scale) ranks pixels better than one pas
 the gain. Only the training rows get the teacher's map; validation and test rows keep their
 annotation, so the threshold and every figure still come from the annotations alone.
 
-    python -m vesselseg.distill --data data/drive --out data/drive_distilled --tta --scales multi
+    python -m experiments.distill --data data/drive --out data/drive_distilled --tta --scales multi
     python -m vesselseg.train --data data/drive_distilled --soft-labels --init-from pretrained
 """
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .cli import run_cli
-from .errors import ConfigError, DatasetError
-from .io import read_image, read_levels, read_mask, write_png, write_text_atomic
-from .preprocess import MANIFEST, SETTINGS, load_manifest, load_preprocess_config
-from .transforms import Geometry, crop, resize
+from vesselseg.cli import run_cli
+from vesselseg.errors import ConfigError, DatasetError
+from vesselseg.io import read_image, read_levels, read_mask, write_png, write_text_atomic
+from vesselseg.preprocess import MANIFEST, SETTINGS, load_manifest, load_preprocess_config
+from vesselseg.transforms import Geometry, crop, resize
 
 RECORD = "distill.json"
 
@@ -113,10 +113,10 @@ def distill_folder(data: str | Path, out: str | Path, segmenter, mix: float = 0.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .inference import add_scales_argument
+    from vesselseg.cli import add_scales_argument
 
     parser = argparse.ArgumentParser(
-        prog="python -m vesselseg.distill",
+        prog="python -m experiments.distill",
         description="Copy a preprocessed folder, replacing its training targets by a mix of the "
                     "annotation and a teacher model's (averaged) probability map; train on the "
                     "copy with --soft-labels.")
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .inference import Segmenter
+    from vesselseg.inference import Segmenter
 
     # the threshold plays no part: only probabilities are used
     settings = {"tta": args.tta, "scales": args.scales, "threshold": 0.5}

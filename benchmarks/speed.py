@@ -1,7 +1,7 @@
 """Speed and memory benchmark of a model on this machine; prints every figure next to its target
 and writes them as JSON and as the markdown table README shows.
 
-    python -m vesselseg.benchmarks.speed --source ../shared/datasets/DRIVE \\
+    python -m benchmarks.speed --source ../shared/datasets/DRIVE \\
         --hrf ../shared/datasets/HRF [--run RUN] [--out FOLDER]
 
 Figures (default model: the shipped pretrained one, else --run; "default" means the path eval
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import run_cli
+from vesselseg.cli import run_cli
 
 BATCHES = (1, 4, 8)
 EVAL_BATCH = 4  # Segmenter's default batch size: the fair model-only reference for eval
@@ -65,23 +65,19 @@ def _verdict(ok: bool) -> str:
 
 
 def model_source(run: Path | None) -> Path:
-    from ..errors import ModelLoadError
-    from ..inference import MODEL_FILE, PRETRAINED_DIR
+    from vesselseg.runs import PRETRAINED_NAME, RunFolder
 
-    source = run or PRETRAINED_DIR
-    if not (source / MODEL_FILE).exists():
-        raise ModelLoadError(f"{source}: no {MODEL_FILE}; pass --run RUN_FOLDER")
-    return source
+    return RunFolder.existing(run or PRETRAINED_NAME).path
 
 
 def build_model(source: Path, policy: str):
     """The run's model as eval runs it (batch norm folded), for a Keras dtype policy ("float32"
     or "mixed_bfloat16")."""
-    from ..config import TrainConfig, load_config
-    from ..inference import inference_model
+    from vesselseg.backends import inference_model
+    from vesselseg.runs import RunFolder
 
-    config = load_config(TrainConfig, source / "config.json")
-    return inference_model(source, config,
+    run = RunFolder(source)
+    return inference_model(run.model_path, run.config(),
                            "bfloat16" if policy == "mixed_bfloat16" else "float32")
 
 
@@ -101,13 +97,6 @@ def runner_throughputs(runners: dict[str, Callable], size: int = 512, repeat: in
     return results
 
 
-def keras_runner(model):
-    import tensorflow as tf
-
-    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    return lambda x: np.asarray(infer(tf.constant(x)), np.float32)[..., 0]
-
-
 def matmul_gflops(dtype: str, n: int = 4096, repeat: int = 5) -> float:
     import tensorflow as tf
 
@@ -120,7 +109,7 @@ def matmul_gflops(dtype: str, n: int = 4096, repeat: int = 5) -> float:
 
 def eval_throughput(segmenter, drive: Path) -> dict:
     """End-to-end eval over the DRIVE test photos: read, preprocess, predict, write 3 PNGs."""
-    from ..eval import segment_images
+    from vesselseg.eval import segment_images
 
     images = sorted((drive / "test" / "images").iterdir())
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,8 +129,8 @@ def host_seconds_per_photo(segmenter, drive: Path) -> dict[str, float]:
     and write the three outputs); "total" is their sum. On a machine whose cores the model
     already fills, this work cannot hide behind it: it bounds the end-to-end/model-only ratio.
     The model's real maps are computed first, untimed, so the PNGs compress what eval writes."""
-    from ..eval import OUTPUT_KINDS, _write
-    from ..io import read_image
+    from vesselseg.eval import OUTPUT_KINDS, _write
+    from vesselseg.io import read_image
 
     images = sorted((drive / "test" / "images").iterdir())
     maps = [segmenter.predict_prepared(segmenter.prepare(read_image(path))[0][None])[0]
@@ -178,12 +167,12 @@ def training_throughput(data: str | Path, base_filters: int, steps: int = 40,
     import keras
     import tensorflow as tf
 
-    from ..config import AugmentConfig
-    from ..devices import dtype_policy, gpus
-    from ..losses import make_loss
-    from ..model import get_model
-    from ..pipeline import make_dataset, split_rows
-    from ..preprocess import load_manifest, load_preprocess_config
+    from vesselseg.config import AugmentConfig
+    from vesselseg.devices import dtype_policy, gpus
+    from vesselseg.losses import make_loss
+    from vesselseg.model import get_model
+    from vesselseg.pipeline import make_dataset, split_rows
+    from vesselseg.preprocess import load_manifest, load_preprocess_config
 
     rows = split_rows(load_manifest(data), "train")
     # the pipeline exactly as train() builds it (autotune off on a CPU-only machine)
@@ -212,6 +201,10 @@ def training_throughput(data: str | Path, base_filters: int, steps: int = 40,
     return results
 
 
+#: The repository root: child processes run there, so `benchmarks` imports as a package.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 def peak_rss_mb(code: str) -> float:
     """Peak resident memory (MB) of a fresh Python process running `code` (Linux: it reports its
     own VmHWM, so neither this process nor earlier children inflate the figure)."""
@@ -221,7 +214,7 @@ def peak_rss_mb(code: str) -> float:
               "print([x for x in Path('/proc/self/status').read_text().splitlines() "
               "if x.startswith('VmHWM')][0])\n")
     done = subprocess.run([sys.executable, "-c", code + report], check=True,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=REPO_ROOT)
     line = next(x for x in done.stdout.splitlines() if x.startswith("VmHWM"))
     return int(line.split()[1]) / 1024.0  # kB
 
@@ -230,8 +223,8 @@ def pixel_scaling(segmenter, photo: Path, tmp: Path) -> list[dict]:
     """Eval seconds of the same photo at three sizes (1/4, 1/2 and all of its pixels)."""
     import cv2
 
-    from ..eval import segment_images
-    from ..io import read_image, write_png
+    from vesselseg.eval import segment_images
+    from vesselseg.io import read_image, write_png
 
     image = read_image(photo)
     rows = []
@@ -253,7 +246,7 @@ def pixel_scaling(segmenter, photo: Path, tmp: Path) -> list[dict]:
 
 
 def machine() -> str:
-    from ..devices import cpu_has_bf16
+    from vesselseg.devices import cpu_has_bf16
 
     name = platform.processor() or platform.machine()
     try:
@@ -270,18 +263,15 @@ def machine() -> str:
 def default_precision(run: Path | None) -> str:
     """The precision eval runs a model in without options, "float32" or "bfloat16": the shipped
     model at PRETRAINED_PRECISION, a run as it was trained (a float16 run is timed as float32)."""
-    from ..inference import (
-        MODEL_FILE,
-        PRETRAINED_PRECISION,
-        load_keras_model,
-        resolve_inference_precision,
-    )
-    from ..model import trained_policy
+    from vesselseg.backends import load_keras_model
+    from vesselseg.inference import PRETRAINED_PRECISION, resolve_inference_precision
+    from vesselseg.model import trained_policy
+    from vesselseg.runs import RunFolder
 
     if run is None:
         chosen = resolve_inference_precision(PRETRAINED_PRECISION)
     else:
-        chosen = trained_policy(load_keras_model(run / MODEL_FILE))
+        chosen = trained_policy(load_keras_model(RunFolder(run).model_path))
     return "bfloat16" if (chosen or "").endswith("bfloat16") else "float32"
 
 
@@ -290,10 +280,13 @@ def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "f
     is the default path's ("float32" or "bfloat16", see default_precision)."""
     import tensorflow as tf
 
-    from ..config import TrainConfig, load_config
-    from ..inference import MODEL_FILE, Segmenter, export_size, load_keras_model
-    from ..model import forward_flops
-    from ..preprocess import preprocess_dataset
+    from vesselseg.backends import KerasRunner, load_keras_model
+    from vesselseg.config import TrainConfig, load_config
+    from vesselseg.export import export_run
+    from vesselseg.inference import Segmenter, export_size
+    from vesselseg.model import forward_flops
+    from vesselseg.preprocess import preprocess_dataset
+    from vesselseg.runs import RunFolder
 
     config = load_config(TrainConfig, source / "config.json")
     default_key = f"keras_{precision}"
@@ -310,10 +303,10 @@ def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "f
     flops = forward_flops(model32, 512, 512)
     figures["forward_gflop"] = flops / 1e9
     # the trained model's count: folding batch norm into the convolutions changes it
-    figures["parameters"] = int(load_keras_model(source / MODEL_FILE).count_params())
+    figures["parameters"] = int(load_keras_model(RunFolder(source).model_path).count_params())
     say(f"  forward pass {flops / 1e9:.1f} GFLOP, {figures['parameters']:,} parameters")
-    runners = {"keras_float32": keras_runner(model32),
-               "keras_bfloat16": keras_runner(build_model(source, "mixed_bfloat16"))}
+    runners = {"keras_float32": KerasRunner(model32),
+               "keras_bfloat16": KerasRunner(build_model(source, "mixed_bfloat16"))}
     exports: dict[str, Callable] = {}
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "run"
@@ -321,6 +314,7 @@ def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "f
         segmenters = {"keras": Segmenter.from_run(copy, precision=precision)}
         for backend in ("onnx", "tflite"):
             try:
+                export_run(copy, backend)  # into the temporary copy's export/
                 segmenters[backend] = Segmenter.from_run(copy, backend=backend)
             except Exception as exc:  # noqa: BLE001 - a missing optional runtime is reported
                 say(f"  {backend}: not measured ({exc})")
@@ -408,7 +402,7 @@ def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "f
         say(f"  bfloat16 against float32 with the pipeline: "
             f"{training['bfloat16_pipeline'] / training['pipeline']:.2f}x")
         code = ("import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='2'\n"
-                "from vesselseg.benchmarks.speed import training_throughput\n"
+                "from benchmarks.speed import training_throughput\n"
                 f"training_throughput({str(data)!r}, {config.base_filters}, steps=4, rounds=1, "
                 f"depth={config.depth}, sources=('pipeline',))")
         figures["training_peak_rss_mb"] = peak_rss_mb(code)
@@ -514,7 +508,7 @@ def markdown_table(figures: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vesselseg.benchmarks.speed",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="run folder (default: the shipped pretrained model)")
@@ -526,9 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ..errors import DatasetError
-    from ..io import write_text_atomic
-    from ..outputs import new_folder
+    from vesselseg.errors import DatasetError
+    from vesselseg.io import write_text_atomic
+    from vesselseg.outputs import new_folder
 
     source = model_source(Path(args.run) if args.run else None)
     drive, hrf = Path(args.source), Path(args.hrf)

@@ -1,12 +1,10 @@
-"""The shipped pretrained model: train it again from its recipe, test it on every public test set,
-and (for maintainers) ship a run as the package's model.
+"""The shipped pretrained model: train it again from its recipe and test it on every public test
+set (experiments.release ships a run as the package's model).
 
     # test the shipped model (or --run RUN) on the DRIVE, CHASE_DB1 and HRF test images
-    python -m vesselseg.benchmarks.pretrained --datasets ../shared/datasets
+    python -m benchmarks.pretrained --datasets ../shared/datasets
     # retrain it from vesselseg/recipes/pretrained.json first, then test the new run
-    python -m vesselseg.benchmarks.pretrained --datasets ../shared/datasets --train
-    # copy a run's model, config and threshold into vesselseg/pretrained/
-    python -m vesselseg.benchmarks.pretrained --ship RUN
+    python -m benchmarks.pretrained --datasets ../shared/datasets --train
 
 Training uses the training images of DRIVE (official split), CHASE_DB1 (first 20) and HRF
 (numbers 01-05 of each group); a seeded 15 % of each is held out for validation (the threshold,
@@ -19,33 +17,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..cli import run_cli
-from ..config import TrainConfig, load_config
-from ..errors import ConfigError, DatasetError
-from ..inference import add_scales_argument
-from ..io import write_text_atomic
-from ..outputs import new_folder
+from vesselseg.cli import add_scales_argument, run_cli
+from vesselseg.config import TrainConfig, load_config
+from vesselseg.errors import ConfigError, DatasetError
+from vesselseg.io import write_text_atomic
+from vesselseg.outputs import new_folder
+
 from .accuracy import (
     HEADER,
     PROTOCOL,
-    RECIPES,
     choose_setting_threshold,
     evaluate_run,
     metrics_row,
     prepare_data,
+    recipe_file,
     training_facts,
 )
 
 #: Dataset reader name -> its folder name in the shared datasets folder.
 FOLDERS = {"drive": "DRIVE", "chase": "CHASEDB1", "hrf": "HRF"}
-SHIPPED_FILES = ("best.keras", "config.json", "threshold.json", "status.json")
-#: Shipped when the run has them: a trained run's history, a joined run's record of its members.
-SHIPPED_IF_PRESENT = ("history.csv", "ensemble.json")
 
 
 def preprocess_all(datasets: Path, out: Path, config: TrainConfig,
@@ -68,17 +62,18 @@ def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | P
     """Test the shipped model (or `run`, or a newly trained one) on each dataset's test split;
     `init_from` (a run or "pretrained") makes the new one a fine-tuning of it; `working_size`
     overrides the model's own size for the tests, `scales` averages several magnifications."""
-    from ..train import finished_run, train
+    from vesselseg.finetune import finished_run
+    from vesselseg.train import train
 
     if init_from:
         finished_run(init_from)  # a wrong folder fails now, not after preprocessing
     out = Path(out)
-    recipe_path = Path(recipe) if recipe else RECIPES / "pretrained.json"
+    recipe_path = recipe_file(recipe, "pretrained")
     config = load_config(TrainConfig, recipe_path)
     folders = preprocess_all(Path(datasets), out, config, progress)
     results: dict = {"recipe": str(recipe_path), "protocol": PROTOCOL, "tests": {}}
     if train_new:
-        config = replace(config, data=",".join(str(f) for f in folders.values()),
+        config = replace(config, data=[str(f) for f in folders.values()],
                          runs_dir=str(out / "runs"), init_from=init_from or config.init_from)
         run = train(config, progress=progress)
         choose_setting_threshold(run, tta, scales)
@@ -114,33 +109,8 @@ def scales_label(scales: list[float]) -> str:
     return "" if list(scales) == [1.0] else " + scales " + ",".join(f"{x:g}" for x in scales)
 
 
-def ship(run: str | Path, target: str | Path) -> Path:
-    """Copy a finished run's model files into the package's pretrained folder (atomically per
-    file, through a temporary folder, so a failed copy leaves the old model whole)."""
-    from ..inference import load_keras_model
-
-    run, target = Path(run), Path(target)
-    missing = [name for name in SHIPPED_FILES if not (run / name).exists()]
-    if missing:
-        raise DatasetError(f"{run}: not a finished run (missing {', '.join(missing)})")
-    staging = target.with_name(target.name + ".part")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in SHIPPED_FILES + tuple(n for n in SHIPPED_IF_PRESENT if (run / n).exists()):
-        if name == "best.keras":  # the weights only: the checkpoint's optimizer state is dead
-            load_keras_model(run / name).save(staging / name)  # weight (2/3 of the file)
-        else:
-            shutil.copy2(run / name, staging / name)
-    if (target / "MODEL_CARD.md").exists():
-        shutil.copy2(target / "MODEL_CARD.md", staging / "MODEL_CARD.md")
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    return target
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vesselseg.benchmarks.pretrained",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pretrained",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="../shared/datasets",
@@ -149,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", help="test this run instead of the shipped model")
     parser.add_argument("--train", action="store_true",
                         help="train a new model from the recipe first, then test it")
-    parser.add_argument("--recipe", help="TrainConfig JSON (default recipes/pretrained.json)")
+    parser.add_argument("--recipe",
+                        help="recipe name or TrainConfig JSON file (default: pretrained, the "
+                             "shipped model's recipe)")
     parser.add_argument("--init-from", metavar="RUN",
                         help="with --train: fine-tune RUN (or 'pretrained') instead of starting "
                              "from random weights")
@@ -158,17 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--working-size", type=int, metavar="N",
                         help="test with the FOV crop at NxN (default: the model's working size)")
     parser.add_argument("--out", help="output folder (default: new folder in artifacts/benchmarks)")
-    parser.add_argument("--ship", metavar="RUN",
-                        help="copy RUN's model into vesselseg/pretrained/ and exit")
     return parser
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ..inference import PRETRAINED_DIR
-
-    if args.ship:
-        print(f"shipped {args.ship} -> {ship(args.ship, PRETRAINED_DIR)}")
-        return 0
     if args.init_from and not args.train:
         raise ConfigError("--init-from only applies with --train")
     out = Path(args.out) if args.out else new_folder("artifacts/benchmarks", "pretrained")

@@ -2,14 +2,14 @@
 the real pipeline (decode, cache, shuffle, augment, batch, prefetch) against the same steps on
 a batch already in memory; prints the overhead (target: at most 10 %).
 
-    python -m vesselseg.benchmarks.pipeline --data data/drive
+    python -m benchmarks.pipeline --data data/drive
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..cli import run_cli
+from vesselseg.cli import run_cli
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -25,7 +25,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vesselseg.benchmarks.pipeline",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="preprocessed folder at 512x512")

@@ -6,7 +6,7 @@ observer inside the official FOV: per-image metrics (including exact AUC-ROC, AU
 and the pooled figures, as `python -m vesselseg.test` computes them. Reading the files is timed
 separately and not counted.
 
-    python -m vesselseg.benchmarks.evaluation_speed --source ../shared/datasets/DRIVE
+    python -m benchmarks.evaluation_speed --source ../shared/datasets/DRIVE
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ TARGET_SECONDS = 5.0
 
 def load_drive_test(source: Path, noise: float, seed: int):
     """[(id, probability map, truth, fov)] of the 20 DRIVE test images."""
-    from ..io import read_mask
+    from vesselseg.io import read_mask
 
     test = source / "test"
     rng = np.random.default_rng(seed)
@@ -38,7 +38,7 @@ def load_drive_test(source: Path, noise: float, seed: int):
 
 
 def evaluate(images, threshold: float = 0.5):
-    from ..evaluation import PooledEvaluator, summary_rows
+    from vesselseg.evaluation import PooledEvaluator, summary_rows
 
     evaluator = PooledEvaluator(threshold=threshold)
     for image_id, probability, truth, fov in images:
@@ -49,7 +49,7 @@ def evaluate(images, threshold: float = 0.5):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m vesselseg.benchmarks.evaluation_speed",
+        prog="python -m benchmarks.evaluation_speed",
         description="Time evaluating the 20 DRIVE test images at native resolution (per-image "
                     "metrics with AUCs and clDice, plus pooled figures). Target: < "
                     f"{TARGET_SECONDS:g} s.")

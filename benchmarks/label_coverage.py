@@ -9,7 +9,7 @@ pixels:
   what training sees by default;
 - soft target: the mean target value with `soft_labels` (the coverage itself).
 
-    python -m vesselseg.benchmarks.label_coverage --datasets ../shared/datasets
+    python -m benchmarks.label_coverage --datasets ../shared/datasets
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..config import PreprocessConfig
-from ..evaluation import CALIBRES, vessel_calibre
+from vesselseg.config import PreprocessConfig
+from vesselseg.evaluation import CALIBRES, vessel_calibre
+
 from .pretrained import FOLDERS
 
 
@@ -30,7 +31,7 @@ def label_coverage(annotation: np.ndarray, fov: np.ndarray, size: int = 512
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(vessel pixels, binary-kept pixels, summed soft target) per calibre class, over the
     native vessel pixels inside the FOV of one annotation."""
-    from ..transforms import coverage_to_model, model_fov, to_native
+    from vesselseg.transforms import coverage_to_model, model_fov, to_native
 
     fov_small, box = model_fov(fov, PreprocessConfig(), size)
     coverage = coverage_to_model(annotation & fov, box, size) * fov_small
@@ -48,9 +49,9 @@ def label_coverage(annotation: np.ndarray, fov: np.ndarray, size: int = 512
 
 def dataset_table(name: str, source: Path, progress: bool = True) -> list[dict]:
     """One row per calibre class for the training photos of dataset `name`."""
-    from ..datasets import read_dataset
-    from ..fov import estimate_fov
-    from ..io import read_image, read_mask
+    from vesselseg.datasets import read_dataset
+    from vesselseg.fov import estimate_fov
+    from vesselseg.io import read_image, read_mask
 
     samples = [s for s in read_dataset(name, source).samples if s.split != "test"]
     totals = np.zeros((3, len(CALIBRES)))
@@ -68,7 +69,7 @@ def dataset_table(name: str, source: Path, progress: bool = True) -> list[dict]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m vesselseg.benchmarks.label_coverage",
+        prog="python -m benchmarks.label_coverage",
         description="How much of the training annotations of DRIVE, CHASE_DB1 and HRF survives "
                     "the shrink to 512x512, by vessel width: binary masks against soft "
                     "(coverage) labels.")
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..io import write_text_atomic
+    from vesselseg.io import write_text_atomic
 
     args = build_parser().parse_args(argv)
     rows = []

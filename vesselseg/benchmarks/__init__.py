@@ -1,1 +1,0 @@
-"""Timing benchmarks, runnable as modules (python -m vesselseg.benchmarks.NAME --help)."""

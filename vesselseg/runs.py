@@ -1,0 +1,258 @@
+"""Run folders: the one place that knows what a training run leaves on disk and in what state.
+
+A run folder holds config.json (the TrainConfig, reloadable), best.keras, threshold.json,
+status.json (running / finished / diverged, its config fingerprint, timings), history.csv,
+environment.json, backup/ (Keras's resume state), tests/ (test results) and export/ (exports).
+train, calibrate, test, eval and export all go through `RunFolder` instead of building paths.
+The shipped model is a run folder too, named "pretrained" wherever a run is accepted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .config import TrainConfig, load_config, to_dict
+from .errors import RunFolderError
+from .io import write_text_atomic
+from .outputs import new_folder
+
+PRETRAINED_NAME = "pretrained"
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+#: Settings added after the first runs, with the value that leaves a run as it was: unused,
+#: they do not count in the fingerprint, so runs from before they existed still resume.
+LATER_SETTINGS = {"init_from": "", "working_size": 0, "augment.zoom": 1.0, "augment.pan": False,
+                  "soft_labels": False, "augment.window": 0}
+
+
+def config_fingerprint(config: TrainConfig) -> str:
+    """A short hash of everything that determines a run except where it is written: the same
+    command repeated after a crash finds its unfinished run by it."""
+    data = to_dict(config)
+    data.pop("runs_dir", None)
+    data["data"] = ",".join(data["data"])  # stored as one string before `data` was a list
+    for key, unused in LATER_SETTINGS.items():
+        section, _, name = key.rpartition(".")
+        holder = data.get(section, {}) if section else data
+        if name in holder and holder[name] == unused:
+            holder.pop(name)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def user_cache_dir() -> Path:
+    """Where vesselseg keeps files it makes for the shipped model (its exports): never inside
+    the installed package. $VESSELSEG_CACHE, else $XDG_CACHE_HOME/vesselseg, else ~/.cache."""
+    if os.environ.get("VESSELSEG_CACHE"):
+        return Path(os.environ["VESSELSEG_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vesselseg"
+
+
+class RunFolder:
+    """A training run's folder: file names, status, resume and "is it finished"."""
+
+    MODEL = "best.keras"
+    CONFIG = "config.json"
+    THRESHOLD = "threshold.json"
+    STATUS = "status.json"
+    HISTORY = "history.csv"
+    ENVIRONMENT = "environment.json"
+    BACKUP = "backup"
+    TESTS = "tests"
+    EXPORT = "export"
+    EXPORT_NAMES = {"savedmodel": "savedmodel", "tflite": "model.tflite", "onnx": "model.onnx"}
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RunFolder) and self.path == other.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    # -- finding and creating --------------------------------------------------------------
+    @classmethod
+    def named(cls, name: str | Path | RunFolder) -> RunFolder:
+        """A run folder by path, or "pretrained" for the model shipped in the package."""
+        if isinstance(name, RunFolder):
+            return name
+        return cls(PRETRAINED_DIR if str(name) == PRETRAINED_NAME else name)
+
+    @classmethod
+    def existing(cls, name: str | Path | RunFolder) -> RunFolder:
+        """`named`, checked to hold a model and its config (a clear error otherwise)."""
+        run = cls.named(name)
+        if not run.path.is_dir():
+            raise RunFolderError(f"{run.path}: run folder does not exist")
+        for file in (run.model_path, run.config_path):
+            if not file.exists():
+                raise RunFolderError(f"{run.path}: not a vesselseg run folder (no {file.name})")
+        return run
+
+    @classmethod
+    def create(cls, config: TrainConfig) -> RunFolder:
+        """A fresh, never-used folder under config.runs_dir: timestamp + run name."""
+        return cls(new_folder(config.runs_dir, config.run_name))
+
+    @classmethod
+    def find_unfinished(cls, config: TrainConfig) -> RunFolder | None:
+        """The newest earlier run of the same config that did not finish (to resume it)."""
+        runs = Path(config.runs_dir)
+        if not runs.is_dir():
+            return None
+        fingerprint = config_fingerprint(config)
+        for folder in sorted(runs.iterdir(), reverse=True):
+            run = cls(folder)
+            if not run.status_path.exists():
+                continue
+            status = run.status()
+            if status.get("fingerprint") == fingerprint and status.get("state") == "running":
+                return run
+        return None
+
+    # -- files -----------------------------------------------------------------------------
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.MODEL
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def threshold_path(self) -> Path:
+        return self.path / self.THRESHOLD
+
+    @property
+    def status_path(self) -> Path:
+        return self.path / self.STATUS
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / self.HISTORY
+
+    @property
+    def backup_path(self) -> Path:
+        return self.path / self.BACKUP
+
+    @property
+    def is_shipped(self) -> bool:
+        """True for the model inside the installed package, which nothing may write into."""
+        return self.path.resolve() == PRETRAINED_DIR
+
+    def export_path(self, fmt: str) -> Path:
+        """Where an export in `fmt` goes by default: RUN/export/, or for the shipped model a
+        folder of the user cache named after its weights' hash (never the package)."""
+        if fmt not in self.EXPORT_NAMES:
+            raise RunFolderError(f"format: unknown {fmt!r}; valid formats: "
+                                 f"{', '.join(self.EXPORT_NAMES)}")
+        if self.is_shipped:
+            folder = user_cache_dir() / f"pretrained-{self.model_sha256()[:12]}"
+        else:
+            folder = self.path / self.EXPORT
+        return folder / self.EXPORT_NAMES[fmt]
+
+    def model_sha256(self) -> str:
+        digest = hashlib.sha256()
+        with open(self.model_path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def output_folder(self, kind: str, name: str, default_parent: str | Path) -> Path:
+        """A new folder for results about this run: inside it (RUN/<kind>/...), or under
+        `default_parent` for the shipped model."""
+        parent = Path(default_parent) if self.is_shipped else self.path / kind
+        return new_folder(parent, name)
+
+    # -- contents --------------------------------------------------------------------------
+    def config(self) -> TrainConfig:
+        return load_config(TrainConfig, self.config_path)
+
+    def save_config(self, config: TrainConfig) -> None:
+        from .config import save_config
+
+        save_config(config, self.config_path)
+
+    def status(self) -> dict:
+        if not self.status_path.exists():
+            return {}
+        try:
+            return json.loads(self.status_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(f"{self.status_path}: unreadable ({exc})") from None
+
+    def update_status(self, **fields) -> None:
+        status = self.status()
+        status.update(fields)
+        write_text_atomic(self.status_path, json.dumps(status, indent=2) + "\n")
+
+    @property
+    def state(self) -> str | None:
+        """"running", "finished", "diverged", or None when the run has no status."""
+        return self.status().get("state")
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state == "finished"
+
+    def require_finished(self, role: str = "run") -> RunFolder:
+        """Raise a RunFolderError naming `role` unless this is a finished run."""
+        existing = RunFolder.existing(self)
+        if existing.state != "finished":
+            raise RunFolderError(f"{role}: {self.status_path} says the run is "
+                                 f"{existing.state or 'of unknown state'}, not finished; give a "
+                                 f"finished run")
+        return existing
+
+    def threshold_record(self) -> dict:
+        if not self.threshold_path.exists():
+            return {}
+        try:
+            return json.loads(self.threshold_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(f"{self.threshold_path}: unreadable ({exc})") from None
+
+    def write_threshold_record(self, record: dict) -> None:
+        write_text_atomic(self.threshold_path, json.dumps(record, indent=2) + "\n")
+
+    def threshold(self, setting: str = "") -> tuple[float, str]:
+        """(threshold, source) for an inference setting (`inference.setting_key`): the one
+        chosen on validation images for that setting, else the plain setting's, else 0.5."""
+        record = self.threshold_record()
+        if not record:
+            return 0.5, "default 0.5 (the run has no threshold.json)"
+        if not setting:
+            return float(record["threshold"]), "validation"
+        own = record.get("settings", {}).get(setting)
+        if own is not None:
+            return float(own["threshold"]), "validation"
+        return float(record["threshold"]), "validation, plain setting"
+
+    def best_validation_dice(self) -> float | None:
+        """The best validation Dice logged so far (a resumed run's checkpoint must beat it)."""
+        import pandas as pd
+
+        path = self.history_path
+        if not path.exists() or path.stat().st_size == 0:
+            return None
+        history = pd.read_csv(path)
+        return float(history["val_dice"].max()) if "val_dice" in history and len(history) else None
+
+
+def load_run_config(run: str | Path | RunFolder) -> tuple[RunFolder, TrainConfig]:
+    """(checked run folder, its TrainConfig): the first step of every command given --run."""
+    folder = RunFolder.existing(run)
+    return folder, folder.config()
