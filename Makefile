@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine (Python 3.10+ and make):
 #   make demo   virtual environment + package + the whole workflow on generated data
 #   make test   virtual environment + lint + the test suite
+#   make test-fast   lint + the quick tests (no slow ones), under 2 minutes
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := artifacts/demo
 
-.PHONY: venv demo test lint
+.PHONY: venv demo test test-fast lint
 
 $(BIN)/activate: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +18,13 @@ $(BIN)/activate: setup.cfg pyproject.toml
 venv: $(BIN)/activate
 
 lint: venv
-	$(BIN)/ruff check vesselseg tests
+	$(BIN)/ruff check vesselseg benchmarks experiments tests
 
 test: venv lint
 	$(BIN)/python -m pytest -q
+
+test-fast: venv lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: venv
 	$(BIN)/python -m vesselseg.demo --out $(DEMO)

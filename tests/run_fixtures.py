@@ -15,7 +15,7 @@ TINY_SIZE = 128
 def tiny_config(data: Path, runs: Path, **overrides):
     from vesselseg.config import TrainConfig
 
-    values = {"data": str(data), "runs_dir": str(runs), "run_name": "tiny", "base_filters": 4,
+    values = {"data": [str(data)], "runs_dir": str(runs), "run_name": "tiny", "base_filters": 4,
               "depth": 2, "epochs": 2, "steps_per_epoch": 3, "batch_size": 2, "cache": True}
     values.update(overrides)
     return TrainConfig(**values)

@@ -1,7 +1,7 @@
 """The accuracy benchmark's results table (the figures themselves come from running it)."""
 from __future__ import annotations
 
-from vesselseg.benchmarks.accuracy import PUBLISHED, markdown_table
+from benchmarks.accuracy import PUBLISHED, markdown_table
 
 
 def test_results_table_puts_the_run_above_the_published_figures():
@@ -17,7 +17,7 @@ def test_results_table_puts_the_run_above_the_published_figures():
 
 
 def test_pretrained_table_names_the_model_it_tested():
-    from vesselseg.benchmarks.pretrained import markdown_table as pretrained_table
+    from benchmarks.pretrained import markdown_table as pretrained_table
 
     pooled = dict.fromkeys(("accuracy", "sensitivity", "specificity", "precision", "f1", "iou",
                             "auc_roc", "auc_pr", "cldice"), 0.5)
@@ -36,7 +36,7 @@ def test_pretrained_table_names_the_model_it_tested():
 
 
 def test_pretrained_benchmark_refuses_init_from_without_train(capsys, tmp_path, monkeypatch):
-    from vesselseg.benchmarks.pretrained import main
+    from benchmarks.pretrained import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["--init-from", "pretrained"]) != 0
@@ -50,7 +50,7 @@ def test_a_benchmark_run_gets_a_threshold_for_its_test_setting(tiny_run, tmp_pat
     import json
     import shutil
 
-    from vesselseg.benchmarks.accuracy import choose_setting_threshold
+    from benchmarks.accuracy import choose_setting_threshold
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
     before = (run / "threshold.json").read_text()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vesselseg.benchmarks.label_coverage import label_coverage, main
+from benchmarks.label_coverage import label_coverage, main
 
 
 def lines_photo(size: int) -> tuple[np.ndarray, np.ndarray]:

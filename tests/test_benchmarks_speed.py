@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vesselseg.benchmarks.speed import BATCHES, runner_throughputs
+from benchmarks.speed import BATCHES, runner_throughputs
 
 
 def test_runner_throughputs_alternate_backends_and_report_every_batch_size():
@@ -28,8 +28,8 @@ def test_runner_throughputs_alternate_backends_and_report_every_batch_size():
 
 def test_the_default_path_is_the_shipped_models_auto_precision_or_a_runs_own(tiny_run,
                                                                               monkeypatch):
+    from benchmarks.speed import default_precision
     from vesselseg import devices
-    from vesselseg.benchmarks.speed import default_precision
 
     monkeypatch.setattr(devices, "gpus", lambda: [])
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
@@ -40,7 +40,7 @@ def test_the_default_path_is_the_shipped_models_auto_precision_or_a_runs_own(tin
 
 
 def test_the_backend_target_judges_the_default_path_against_every_way_to_run_it():
-    from vesselseg.benchmarks.speed import _backend_ok, markdown_table
+    from benchmarks.speed import _backend_ok, markdown_table
 
     rates = {"keras_float32": {"batch4": 10.0}, "keras_bfloat16": {"batch4": 14.0},
              "onnx_float32": {"batch4": 12.5}}
@@ -67,8 +67,8 @@ def test_eval_host_work_is_timed_by_stage_on_the_models_real_maps(tiny_run, synt
                                                                     tmp_path, monkeypatch):
     import shutil
 
+    from benchmarks.speed import HOST_STAGES, host_seconds_per_photo
     from vesselseg import eval as eval_module
-    from vesselseg.benchmarks.speed import HOST_STAGES, host_seconds_per_photo
     from vesselseg.inference import Segmenter
     from vesselseg.io import read_image
 

@@ -5,11 +5,13 @@ import json
 
 import pytest
 
-from vesselseg.benchmarks.accuracy import RECIPES
+from benchmarks.accuracy import RECIPE_FOLDERS
 from vesselseg.config import (
+    RECIPES_DIR,
     AugmentConfig,
     PreprocessConfig,
     TrainConfig,
+    find_recipe,
     from_dict,
     load_config,
     save_config,
@@ -133,8 +135,47 @@ def test_load_config_errors_name_the_file(tmp_path):
     assert "typo.json" in str(info.value) and "augment.flips" in str(info.value)
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES.rglob("*.json")), ids=lambda p: p.stem)
-def test_every_shipped_recipe_loads(recipe):
-    """The recipes behind README's rows stay valid configs as TrainConfig evolves."""
+@pytest.mark.parametrize("recipe", sorted(p for folder in RECIPE_FOLDERS
+                                           for p in folder.glob("*.json")),
+                         ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
+def test_every_recipe_loads(recipe):
+    """The recipes behind the docs' rows stay valid configs as TrainConfig evolves."""
     config = load_config(TrainConfig, recipe)
     assert config.budget_minutes > 0 and config.loss
+
+
+def test_the_package_holds_only_product_recipes():
+    assert sorted(p.stem for p in RECIPES_DIR.glob("*.json")) == ["chase", "drive", "finetune",
+                                                                "pretrained"]
+    assert not list(RECIPES_DIR.rglob("*/*.json"))  # no ablation folder inside the package
+
+
+def test_the_shipped_recipe_is_the_shipped_models_training_settings():
+    """vesselseg/recipes/pretrained.json retrains the model in vesselseg/pretrained/: every
+    setting but where the data and runs live (and the run's name) matches its config.json."""
+    from vesselseg.runs import PRETRAINED_DIR
+
+    recipe = to_dict(load_config(TrainConfig, RECIPES_DIR / "pretrained.json"))
+    shipped = to_dict(load_config(TrainConfig, PRETRAINED_DIR / "config.json"))
+    for where in ("data", "runs_dir", "run_name"):
+        recipe.pop(where), shipped.pop(where)
+    assert recipe == shipped
+
+
+def test_recipes_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert find_recipe("finetune") == RECIPES_DIR / "finetune.json"
+    assert load_config(TrainConfig, find_recipe("pretrained")).preprocess.size == 704
+    assert find_recipe("drive_wide", RECIPE_FOLDERS).name == "drive_wide.json"  # the lab's
+    (tmp_path / "mine.json").write_text('{"epochs": 3}')
+    assert find_recipe("mine.json") == tmp_path.joinpath("mine.json").relative_to(tmp_path)
+    with pytest.raises(ConfigError, match="no recipe named 'nope'.*finetune"):
+        find_recipe("nope")
+
+
+def test_data_is_a_list_and_old_comma_joined_files_still_load(tmp_path):
+    (tmp_path / "old.json").write_text('{"data": "a, b"}')
+    assert load_config(TrainConfig, tmp_path / "old.json").data == ["a", "b"]
+    assert TrainConfig(data=["x"]).data == ["x"]
+    with pytest.raises(ConfigError, match="data: expected a list of strings"):
+        from_dict(TrainConfig, {"data": [1]})

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vesselseg.distill import RECORD, distill_folder, main, teacher_target
+from experiments.distill import RECORD, distill_folder, main, teacher_target
 from vesselseg.errors import ConfigError, DatasetError
 from vesselseg.inference import Segmenter
 from vesselseg.preprocess import MANIFEST, load_manifest, load_preprocess_config

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from run_fixtures import tiny_config
 
+from experiments.ensemble import join_runs, main
 from vesselseg.datasets import generate_fundus
-from vesselseg.ensemble import join_runs, main
 from vesselseg.errors import ConfigError
 from vesselseg.inference import Segmenter
 
@@ -46,7 +46,7 @@ def test_the_joined_model_averages_its_members_maps(tiny_run, other_run, tmp_pat
 def test_float16_storage_halves_the_file_and_keeps_the_maps(tiny_run, other_run, tmp_path):
     full = join_runs(str(tiny_run), str(other_run), runs_dir=tmp_path / "a", storage="float32")
     half = join_runs(str(tiny_run), str(other_run), runs_dir=tmp_path / "b")
-    from vesselseg.inference import load_keras_model
+    from vesselseg.backends import load_keras_model
 
     stored = [sum(np.asarray(w).nbytes for w in load_keras_model(run / "best.keras").weights)
               for run in (full, half)]
@@ -103,3 +103,37 @@ def test_a_joined_run_exports_and_runs_as_tflite(tiny_run, other_run, tmp_path):
     tflite_map = Segmenter.from_run(run, backend="tflite").predict(fundus.image,
                                                                    fundus.fov).probability
     np.testing.assert_allclose(tflite_map, keras_map, atol=1e-3)
+
+
+def test_unet_pair_averages_two_unets_probabilities():
+    """Random weights with valid batch norm statistics (positive variances): the outputs are
+    finite, so the comparisons below can fail."""
+    import keras
+
+    from experiments.ensemble import pair_weights
+    from vesselseg.model import folded_batch_norm_weights, get_model, layer_weights
+    from vesselseg.model import set_layer_weights as set_weights_by_name
+
+    tiny = {"base_filters": 4, "depth": 2}
+    rng = np.random.default_rng(0)
+    members = [get_model("unet", batch_norm=True, **tiny) for _ in range(2)]
+    for member in members:
+        for layer in member.layers:
+            values = [rng.normal(0, 0.5, w.shape).astype("float32") for w in layer.get_weights()]
+            if isinstance(layer, keras.layers.BatchNormalization):  # gamma, beta, mean, var
+                values[3] = rng.uniform(0.5, 1.5, values[3].shape).astype("float32")
+            if values:
+                layer.set_weights(values)
+    pair = get_model("unet_pair", batch_norm=True, **tiny)
+    assert pair.count_params() == 2 * members[0].count_params()
+    set_weights_by_name(pair, pair_weights(*(layer_weights(m) for m in members)))
+    image = rng.random((1, 32, 32, 3), dtype=np.float32)
+    first, second = (np.asarray(m(image)) for m in members)
+    expected = (first + second) / 2
+    assert np.isfinite(expected).all() and expected.std() > 1e-4
+    np.testing.assert_allclose(np.asarray(pair(image)), expected, atol=1e-6)
+    assert not np.allclose(first, expected, atol=1e-3)
+    # batch norm folds per member, as for one U-Net
+    folded = get_model("unet_pair", batch_norm=False, **tiny)
+    set_weights_by_name(folded, folded_batch_norm_weights(pair))
+    np.testing.assert_allclose(np.asarray(folded(image)), expected, atol=1e-5)

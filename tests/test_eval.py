@@ -148,7 +148,7 @@ def test_help():
 
 
 def test_without_run_the_shipped_model_is_used(photos, tmp_path, capsys):
-    from vesselseg.inference import PRETRAINED_DIR
+    from vesselseg.runs import PRETRAINED_DIR
 
     out = tmp_path / "out"
     assert main([str(photos / "retina.jpg"), "--out", str(out)]) == 0

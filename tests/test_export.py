@@ -30,9 +30,9 @@ def run(tiny_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(run):
     """(input batch of 3 at the training size, Keras probabilities [3, S, S, 1])."""
+    from vesselseg.backends import load_keras_model
     from vesselseg.config import TrainConfig, load_config
     from vesselseg.export import verification_inputs
-    from vesselseg.inference import load_keras_model
 
     size = load_config(TrainConfig, run / "config.json").preprocess.size
     fundus = verification_inputs(size, seed=7)["synthetic fundus"]
@@ -92,7 +92,9 @@ def test_tflite_round_trip(run, reference):
 def test_onnx_round_trip(run, reference):
     import onnxruntime as ort
 
-    from vesselseg.export import ExportError, export_run, load_runner
+    from vesselseg.backends import load_runner
+    from vesselseg.errors import ModelFileError
+    from vesselseg.export import export_run
 
     result = _checked(export_run(run, "onnx"), run, "model.onnx")
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
@@ -102,7 +104,7 @@ def test_onnx_round_trip(run, reference):
     got = session.run(None, {inp.name: batch})[0]
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < TOLERANCE
-    with pytest.raises(ExportError, match=r"takes \[N, 128, 128, 3\] inputs"):
+    with pytest.raises(ModelFileError, match=r"takes \[N, 128, 128, 3\] inputs"):
         load_runner("onnx", result.path)(np.zeros((1, 64, 64, 3), np.float32))
 
 
@@ -148,14 +150,19 @@ def test_cli_help():
 
 def test_segmenter_onnx_backend_agrees_with_keras(tiny_run, tmp_path):
     from vesselseg.datasets import generate_fundus
+    from vesselseg.errors import RunFolderError
+    from vesselseg.export import export_model
     from vesselseg.inference import Segmenter
 
     run = _copy_run(tiny_run, tmp_path / "run")
     photo = generate_fundus(11, 200).image  # native size, not the training size
     keras_prediction = Segmenter.from_run(run).predict(photo)
-    segmenter = Segmenter.from_run(run, backend="onnx")  # exports on demand
+    with pytest.raises(RunFolderError, match="no onnx export.*vesselseg export --run"):
+        Segmenter.from_run(run, backend="onnx")  # inference never exports on its own
+    assert not (run / "export").exists()
+    export_model(run, "onnx")
+    segmenter = Segmenter.from_run(run, backend="onnx")
     assert segmenter.backend == "onnx" and segmenter.model is None
-    assert (run / "export" / "model.onnx").exists()
     prediction = segmenter.predict(photo)
     assert prediction.probability.shape == photo.shape[:2]
     assert np.abs(prediction.probability - keras_prediction.probability).max() < TOLERANCE
@@ -170,14 +177,16 @@ def test_segmenter_onnx_backend_agrees_with_keras(tiny_run, tmp_path):
 def test_eval_cli_with_tflite_backend(tiny_run, tmp_path):
     from vesselseg.datasets import generate_fundus
     from vesselseg.eval import main
+    from vesselseg.export import main as export_main
     from vesselseg.io import write_png
 
     run = _copy_run(tiny_run, tmp_path / "run")
+    assert export_main(["--run", str(run), "--format", "tflite"]) == 0
+    assert (run / "export" / "model.tflite").exists()
     image = write_png(tmp_path / "photo.png", generate_fundus(3, 160).image)
     out = tmp_path / "out"
     assert main([str(image), "--run", str(run), "--backend", "tflite", "--out", str(out),
                  "--json"]) == 0
-    assert (run / "export" / "model.tflite").exists()
     assert (out / "photo_probability.png").exists()
     assert json.loads((out / "summary.json").read_text())["backend"] == "tflite"
 
@@ -197,16 +206,17 @@ def test_stale_export_is_refused(tiny_run, tmp_path):
 
 
 def test_unknown_format_and_backend_are_clear_errors(run, capsys):
-    from vesselseg.errors import ConfigError, VesselsegError
+    from vesselseg.backends import load_runner
+    from vesselseg.errors import ConfigError, ModelFileError, VesselsegError
     from vesselseg.eval import main as eval_main
-    from vesselseg.export import ExportError, export_model, load_runner
+    from vesselseg.export import ExportError, export_model
     from vesselseg.export import main as export_main
     from vesselseg.inference import Segmenter
     from vesselseg.test import build_parser as test_parser
 
     with pytest.raises(ExportError, match="unknown 'pb'; valid formats: savedmodel, tflite, onnx"):
         export_model(run, "pb")
-    with pytest.raises(ExportError, match="unknown 'pb'"):
+    with pytest.raises(ModelFileError, match="unknown 'pb'"):
         load_runner("pb", run / "best.keras")
     with pytest.raises(ConfigError, match="unknown 'torch'; valid backends: keras, onnx, tflite"):
         Segmenter.from_run(run, backend="torch")
@@ -228,6 +238,7 @@ def test_a_run_with_a_working_size_is_exported_at_that_size(tiny_run, tmp_path):
     backend changes neither the figures nor the amount of work."""
     from vesselseg.datasets import generate_fundus
     from vesselseg.errors import ConfigError, ModelLoadError
+    from vesselseg.export import export_model
     from vesselseg.inference import Segmenter
 
     run = _copy_run(tiny_run, tmp_path / "run")
@@ -237,6 +248,7 @@ def test_a_run_with_a_working_size_is_exported_at_that_size(tiny_run, tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     photo = generate_fundus(5, 240).image
     keras_segmenter = Segmenter.from_run(run)
+    export_model(run, "onnx")
     onnx_segmenter = Segmenter.from_run(run, backend="onnx")
     assert onnx_segmenter.window == working and onnx_segmenter.runs_whole
     assert keras_segmenter.runs_whole
@@ -256,10 +268,10 @@ def test_a_run_with_a_working_size_is_exported_at_that_size(tiny_run, tmp_path):
 def test_a_run_trained_in_bfloat16_exports_a_float32_graph(tiny_run, tmp_path, fmt):
     """Converters and ONNX Runtime take no bfloat16 graphs; a run saved under the mixed
     bfloat16 policy (as the shipped model is) still exports, in float32, and matches Keras."""
+    from vesselseg.backends import load_keras_model
     from vesselseg.config import TrainConfig, load_config
     from vesselseg.devices import dtype_policy
     from vesselseg.export import export_run, load_runner, verification_inputs
-    from vesselseg.inference import load_keras_model
     from vesselseg.model import get_model, trained_policy
 
     run = _copy_run(tiny_run, tmp_path / "run")

@@ -4,10 +4,11 @@ import keras
 import numpy as np
 import pytest
 
+from vesselseg.backends import load_keras_model
 from vesselseg.config import PreprocessConfig
 from vesselseg.datasets import generate_fundus
 from vesselseg.errors import ModelLoadError
-from vesselseg.inference import Segmenter, load_keras_model
+from vesselseg.inference import Segmenter
 from vesselseg.model import get_model
 
 
@@ -196,7 +197,7 @@ def test_lambda_layer_is_refused_by_safe_mode(tmp_path):
 def test_shipped_model_is_small_safe_and_complete():
     import json
 
-    from vesselseg.inference import PRETRAINED_DIR
+    from vesselseg.runs import PRETRAINED_DIR
 
     model_file = PRETRAINED_DIR / "best.keras"
     assert model_file.stat().st_size <= 10 * 1024 * 1024
@@ -294,7 +295,7 @@ def test_a_run_trained_in_bfloat16_computes_in_bfloat16_by_default(tiny_run, tmp
     """Keras saves the dtype policy per layer; the run's own precision must survive loading."""
     import shutil
 
-    from vesselseg.benchmarks.speed import default_precision
+    from benchmarks.speed import default_precision
     from vesselseg.devices import dtype_policy
     from vesselseg.model import get_model
 
@@ -309,3 +310,17 @@ def test_a_run_trained_in_bfloat16_computes_in_bfloat16_by_default(tiny_run, tmp
     assert Segmenter.from_run(run).compute_precision == "bfloat16"
     assert Segmenter.from_run(run, precision="float32").compute_precision == "float32"
     assert default_precision(run) == "bfloat16"
+
+
+def test_inference_never_writes_into_the_package(tmp_path, monkeypatch):
+    """An export backend needs an export made beforehand: asking for one that does not exist
+    is an error naming the command, and nothing appears in the installed package."""
+    from vesselseg.errors import RunFolderError
+    from vesselseg.runs import PRETRAINED_DIR
+
+    monkeypatch.setenv("VESSELSEG_CACHE", str(tmp_path / "cache"))
+    before = sorted(p.name for p in PRETRAINED_DIR.iterdir())
+    with pytest.raises(RunFolderError, match="vesselseg export --run pretrained --format onnx"):
+        Segmenter.pretrained(backend="onnx")
+    assert sorted(p.name for p in PRETRAINED_DIR.iterdir()) == before
+    assert not (tmp_path / "cache").exists()

@@ -18,8 +18,6 @@ from vesselseg.model import (  # noqa: E402
     folded_batch_norm_weights,
     forward_flops,
     get_model,
-    layer_weights,
-    pair_weights,
     set_layer_weights,
     size_multiple,
     trained_policy,
@@ -217,7 +215,7 @@ def test_a_model_without_batch_norm_folds_to_its_own_weights():
 
 
 def test_the_trained_policy_survives_saving_and_loading(tmp_path):
-    from vesselseg.inference import load_keras_model
+    from vesselseg.backends import load_keras_model
 
     with dtype_policy("mixed_bfloat16"):
         model = get_model("unet", **TINY)
@@ -226,9 +224,9 @@ def test_the_trained_policy_survives_saving_and_loading(tmp_path):
 
 
 def test_half_precision_storage_reports_float32_for_inference(tmp_path):
-    """A plain float16 model is how `vesselseg.ensemble` stores weights, not how it trained:
+    """A plain float16 model is how `experiments.ensemble` stores weights, not how it trained:
     inference must not compute in float16 on a CPU."""
-    from vesselseg.inference import load_keras_model
+    from vesselseg.backends import load_keras_model
 
     with dtype_policy("float16"):
         model = get_model("unet", **TINY)
@@ -236,24 +234,6 @@ def test_half_precision_storage_reports_float32_for_inference(tmp_path):
     loaded = load_keras_model(tmp_path / "model.keras")
     assert loaded.get_layer("down0_conv1").kernel.dtype == "float16"
     assert trained_policy(loaded) == "float32"
-
-
-def test_unet_pair_averages_two_unets_probabilities():
-    rng = np.random.default_rng(0)
-    members = [get_model("unet", batch_norm=True, **TINY) for _ in range(2)]
-    for member in members:
-        member.set_weights([rng.normal(0, 0.3, w.shape) for w in member.get_weights()])
-    pair = get_model("unet_pair", batch_norm=True, **TINY)
-    assert pair.count_params() == 2 * members[0].count_params()
-    set_layer_weights(pair, pair_weights(*(layer_weights(m) for m in members)))
-    image = rng.random((1, 32, 32, 3), dtype=np.float32)
-    expected = (np.asarray(members[0](image)) + np.asarray(members[1](image))) / 2
-    np.testing.assert_allclose(np.asarray(pair(image)), expected, atol=1e-6)
-    assert not np.allclose(np.asarray(members[0](image)), expected, atol=1e-3)
-    # batch norm folds per member, as for one U-Net
-    folded = get_model("unet_pair", batch_norm=False, **TINY)
-    set_layer_weights(folded, folded_batch_norm_weights(pair))
-    np.testing.assert_allclose(np.asarray(folded(image)), expected, atol=1e-5)
 
 
 def _norm_pair(**options):
@@ -309,7 +289,7 @@ def test_a_frozen_fused_batch_norm_uses_its_moving_statistics():
 
 
 def test_models_with_the_fused_batch_norm_load_in_safe_mode(tmp_path):
-    from vesselseg.inference import load_keras_model
+    from vesselseg.backends import load_keras_model
 
     model = get_model("unet", batch_norm=True, **TINY)
     assert any(isinstance(layer, FusedBatchNormalization) for layer in model.layers)
@@ -327,7 +307,7 @@ def test_a_fresh_process_loads_a_fused_batch_norm_model(tmp_path):
     import sys
 
     get_model("unet", batch_norm=True, **TINY).save(tmp_path / "model.keras")
-    code = ("from vesselseg.inference import load_keras_model; "
+    code = ("from vesselseg.backends import load_keras_model; "
             f"print(type(load_keras_model({str(tmp_path / 'model.keras')!r})).__name__)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)

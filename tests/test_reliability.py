@@ -675,7 +675,8 @@ def test_preprocess_killed_then_rerun(tmp_path, monkeypatch, capsys):
 
 def test_preprocess_sigkilled_then_rerun(tmp_path):
     """The real thing: a preprocess subprocess SIGKILLed after its 3rd sample (at an exact
-    point, via VESSELSEG_KILL_AFTER_SAMPLES, with its worker threads mid-write), then re-run."""
+    point, through preprocess_dataset's on_sample_done, with its worker threads mid-write),
+    then re-run."""
     import subprocess
     import sys
 
@@ -683,12 +684,17 @@ def test_preprocess_sigkilled_then_rerun(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "vesselseg.preprocess", "--dataset", "folder", "--source",
                str(source), "--out", str(out), "--size", str(SIZE)]
-    env = {**os.environ, "VESSELSEG_KILL_AFTER_SAMPLES": "3"}
-    killed = subprocess.run(command, env=env, capture_output=True, text=True)
+    killer = ("import os, signal, sys\n"
+              "from vesselseg.config import PreprocessConfig\n"
+              "from vesselseg.preprocess import preprocess_dataset\n"
+              "def kill(rows):\n"
+              "    if rows == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+              f"preprocess_dataset('folder', {str(source)!r}, {str(out)!r}, "
+              f"PreprocessConfig(size={SIZE}), progress=False, on_sample_done=kill)\n")
+    killed = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL
     assert not (out / preprocess_cli.MANIFEST).exists()
-    env.pop("VESSELSEG_KILL_AFTER_SAMPLES")
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True)
+    rerun = subprocess.run(command, capture_output=True, text=True)
     assert rerun.returncode == 0 and "wrote" in rerun.stdout, rerun.stderr[-2000:]
     manifest = preprocess_cli.load_manifest(out)
     assert sorted(manifest["id"]) == [f"img{i}" for i in range(8)]
@@ -699,8 +705,8 @@ def test_preprocess_sigkilled_then_rerun(tmp_path):
 
 
 # ---------------------------------------------------------------- row 9: killed training
-# The real thing (a training subprocess SIGKILLed after epoch 2 via VESSELSEG_KILL_AFTER_EPOCH,
-# then re-run: resumes at epoch 3 in the same folder) is
+# The real thing (a training subprocess SIGKILLed after epoch 2 by a callback, then re-run:
+# resumes at epoch 3 in the same folder) is
 # test_train.py::test_a_killed_run_resumes_at_the_right_epoch; not repeated here (two trainings
 # in subprocesses). This cheap check covers what a re-run sees after the kill.
 
@@ -711,17 +717,19 @@ def test_train_killed_state_is_resumed(synthetic_preprocessed, tmp_path):
     config = tiny_config(synthetic_preprocessed, tmp_path / "runs")
     config = replace(config, preprocess=preprocess_cli.load_preprocess_config(
         synthetic_preprocessed))
-    run = train_cli.new_run_folder(config)  # what a run killed after 2 epochs leaves
-    train_cli.save_config(config, run / "config.json")
-    train_cli._write_status(run, state="running", fingerprint=train_cli.config_fingerprint(config))
+    from vesselseg.runs import RunFolder, config_fingerprint
+
+    run = RunFolder.create(config)  # what a run killed after 2 epochs leaves
+    run.save_config(config)
+    run.update_status(state="running", fingerprint=config_fingerprint(config))
     pd.DataFrame({"epoch": [0, 1], "loss": [0.9, 0.8], "val_dice": [0.2, 0.3]}).to_csv(
-        run / "history.csv", index=False)
-    assert train_cli.find_unfinished_run(config) == run
-    assert train_cli._best_validation_dice(run) == pytest.approx(0.3)  # checkpoint threshold
+        run.history_path, index=False)
+    assert RunFolder.find_unfinished(config) == run
+    assert run.best_validation_dice() == pytest.approx(0.3)  # checkpoint threshold
     other = replace(config, learning_rate=0.5)  # another config never resumes it
-    assert train_cli.find_unfinished_run(other) is None
-    train_cli._write_status(run, state="finished")  # a finished run is never touched again
-    assert train_cli.find_unfinished_run(config) is None
+    assert RunFolder.find_unfinished(other) is None
+    run.update_status(state="finished")  # a finished run is never touched again
+    assert RunFolder.find_unfinished(config) is None
 
 
 # ---------------------------------------------------------------- row 10: NaN loss
@@ -731,7 +739,7 @@ def test_train_killed_state_is_resumed(synthetic_preprocessed, tmp_path):
 def test_train_nan_loss_keeps_best_model(synthetic_preprocessed, tmp_path, monkeypatch, capsys):
     import keras
 
-    from vesselseg.inference import load_keras_model
+    from vesselseg.backends import load_keras_model
 
     class PoisonAfterFirstEpoch(keras.callbacks.Callback):
         """Epoch 1 trains normally (best.keras saved); then the weights become NaN."""

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from run_fixtures import tiny_config
 
+from vesselseg.callbacks import cosine_learning_rate
 from vesselseg.config import TrainConfig, load_config
 from vesselseg.errors import ConfigError
 from vesselseg.preprocess import load_preprocess_config
 from vesselseg.train import (
     TrainingDiverged,
     build_callbacks,
-    cosine_learning_rate,
     main,
     train,
 )
@@ -77,16 +77,33 @@ def _train_command(data, runs, epochs):
             "2", "--batch-size", "2", "--quiet"]
 
 
+#: Runs the train command's arguments with a callback that SIGKILLs the process right after the
+#: given epoch (its own callbacks, checkpoint and logs, have run): a crash at an exact point.
+KILLED_AFTER_EPOCH = """
+import os, signal, sys
+import keras
+from vesselseg.train import build_parser, config_from_args, train
+
+class KillAfter(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(config_from_args(build_parser().parse_args(sys.argv[2:])), progress=False,
+      callbacks=[KillAfter()])
+"""
+
+
 def test_a_killed_run_resumes_at_the_right_epoch(synthetic_preprocessed, tmp_path):
     command = _train_command(synthetic_preprocessed, tmp_path, epochs=4)
-    env = {**os.environ, "VESSELSEG_KILL_AFTER_EPOCH": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    killed = subprocess.run(command, env=env, capture_output=True, text=True)
-    assert killed.returncode == -9  # SIGKILL
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_EPOCH, "2", *command[3:]],
+                            env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL
     (run,) = list(tmp_path.iterdir())
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1]
     elapsed = json.loads((run / "status.json").read_text())["elapsed"]
     assert elapsed > 0  # the clock of the killed epochs is kept for the budget
-    env.pop("VESSELSEG_KILL_AFTER_EPOCH")
     resumed = subprocess.run(command, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming unfinished run" in resumed.stdout
@@ -104,9 +121,23 @@ def test_nan_loss_stops_with_a_clear_message(synthetic_preprocessed, tmp_path):
         train(config, progress=False)
 
 
+#: Trains over two logical CPU devices, as docs/devices.md shows (a fresh process: the split
+#: must come before TensorFlow initialises its devices).
+ON_TWO_LOGICAL_CPUS = """
+import sys
+from vesselseg.devices import split_cpu
+from vesselseg.train import build_parser, config_from_args, train
+
+devices = [device.name for device in split_cpu(2)]
+train(config_from_args(build_parser().parse_args(sys.argv[1:])), devices=devices,
+      progress=False)
+"""
+
+
 def test_mirrored_strategy_over_two_logical_cpus(synthetic_preprocessed, tmp_path):
-    command = _train_command(synthetic_preprocessed, tmp_path, epochs=1) + ["--cpu-replicas", "2"]
-    result = subprocess.run(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    command = _train_command(synthetic_preprocessed, tmp_path, epochs=1)
+    result = subprocess.run([sys.executable, "-c", ON_TWO_LOGICAL_CPUS, *command[3:]],
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = list(tmp_path.iterdir())
@@ -241,81 +272,6 @@ def test_keep_decides_which_epoch_becomes_the_runs_model(keep, tmp_path):
         TrainConfig(keep="median")
 
 
-def test_rethreshold_keeps_the_threshold_it_replaces(tiny_run, tmp_path, capsys):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    # a run from before the rule changed: another threshold, chosen on pooled pixels
-    before = {**json.loads((run / "threshold.json").read_text()), "threshold": 0.123,
-              "how": "pooled best-F1 threshold"}
-    (run / "threshold.json").write_text(json.dumps(before))
-    status = json.loads((run / "status.json").read_text())
-    (run / "status.json").write_text(json.dumps({**status, "threshold": 0.123}))
-    assert main(["--rethreshold", str(run)]) == 0
-    after = json.loads((run / "threshold.json").read_text())
-    assert after["replaced"] == before and after["threshold"] != 0.123
-    assert "each image weighing the same" in after["how"]
-    assert json.loads((run / "status.json").read_text())["threshold"] == after["threshold"]
-    assert f"threshold {after['threshold']:.3f}" in capsys.readouterr().out
-
-
-def test_rethreshold_refuses_other_validation_images(tiny_run, tmp_path, capsys):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    record = json.loads((run / "threshold.json").read_text())
-    (run / "threshold.json").write_text(json.dumps({**record, "validation_images": ["other"]}))
-    assert main(["--rethreshold", str(run)]) != 0
-    assert "do not hold the validation images" in capsys.readouterr().err
-    assert json.loads((run / "threshold.json").read_text())["validation_images"] == ["other"]
-
-
-def test_rethreshold_adds_a_threshold_for_an_averaging_setting(tiny_run, tmp_path, capsys):
-    """--tta / --scales choose a threshold for that setting beside the plain one, which stays;
-    a Segmenter of that setting then uses it, and a later plain rethreshold keeps it."""
-    import shutil
-
-    from vesselseg.inference import Segmenter
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    plain = json.loads((run / "threshold.json").read_text())
-    record = {**plain, "threshold": 0.123}
-    (run / "threshold.json").write_text(json.dumps(record))
-    assert main(["--rethreshold", str(run), "--tta", "--scales", "1,1.5",
-                 "--data", *load_config(TrainConfig, run / "config.json").data.split(",")]) == 0
-    assert "flips+scales=1,1.5" in capsys.readouterr().out
-    after = json.loads((run / "threshold.json").read_text())
-    assert after["threshold"] == 0.123  # the plain setting's threshold is untouched
-    chosen = after["settings"]["flips+scales=1,1.5"]
-    assert 0.0 <= chosen["threshold"] <= 1.0 and chosen["working_size"] == 128
-    averaged = Segmenter.from_run(run, tta=True, scales=(1.0, 1.5))
-    assert averaged.threshold == chosen["threshold"] and averaged.threshold_source == "validation"
-    flips_only = Segmenter.from_run(run, tta=True)
-    assert flips_only.threshold == 0.123
-    assert flips_only.threshold_source == "validation, plain setting"
-    assert main(["--rethreshold", str(run)]) == 0
-    assert json.loads((run / "threshold.json").read_text())["settings"] == after["settings"]
-
-
-def test_inference_settings_without_rethreshold_are_refused(capsys):
-    assert main(["--data", "somewhere", "--tta"]) != 0
-    assert "only apply with --rethreshold" in capsys.readouterr().err
-
-
-def test_rethreshold_refuses_an_unfinished_run(tiny_run, tmp_path, capsys):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    status = json.loads((run / "status.json").read_text())
-    (run / "status.json").write_text(json.dumps({**status, "state": "running"}))
-    assert main(["--rethreshold", str(run)]) != 0
-    assert "not a finished run" in capsys.readouterr().err
-
-
 def test_fine_tuning_starts_from_the_given_runs_weights(tiny_run, synthetic_preprocessed,
                                                         tmp_path):
     config = replace(load_config(TrainConfig, tiny_run / "config.json"), runs_dir=str(tmp_path),
@@ -327,7 +283,7 @@ def test_fine_tuning_starts_from_the_given_runs_weights(tiny_run, synthetic_prep
 
 def test_a_wnet_grows_from_a_unet_run(tiny_run, tmp_path):
     """The U-Net's weights go to the W-Net's first U-Net; the second starts silent."""
-    from vesselseg.inference import load_keras_model
+    from vesselseg.backends import load_keras_model
 
     config = replace(load_config(TrainConfig, tiny_run / "config.json"), runs_dir=str(tmp_path),
                      architecture="wnet", init_from=str(tiny_run), epochs=1, steps_per_epoch=1,
@@ -344,7 +300,7 @@ def test_a_wnet_grows_from_a_unet_run(tiny_run, tmp_path):
 def _assert_same_kernels(before_file, after_file):
     """After training at a vanishing learning rate only BatchNorm's moving statistics move: the
     convolution kernels must be the starting model's."""
-    from vesselseg.inference import load_keras_model
+    from vesselseg.backends import load_keras_model
 
     before = load_keras_model(before_file).get_weights()
     after = load_keras_model(after_file).get_weights()
@@ -371,16 +327,16 @@ def test_fine_tuning_from_a_folder_without_a_model_names_it(synthetic_preprocess
 
 
 def test_fine_tuning_the_shipped_model(make_synthetic_dataset, tmp_path):
-    from vesselseg.inference import PRETRAINED_DIR
     from vesselseg.preprocess import preprocess_dataset
+    from vesselseg.runs import PRETRAINED_DIR
 
     shipped = load_config(TrainConfig, PRETRAINED_DIR / "config.json")
     data, settings = tmp_path / "data", replace(shipped.preprocess, val_fraction=0.25)
     preprocess_dataset("folder", make_synthetic_dataset(count=4, size=160), data, settings,
                        progress=False)
-    config = replace(shipped, data=str(data), runs_dir=str(tmp_path / "runs"), preprocess=settings,
-                     init_from="pretrained", epochs=1, steps_per_epoch=1, batch_size=1,
-                     budget_minutes=0.0, lr_schedule="plateau", learning_rate=1e-9)
+    config = replace(shipped, data=[str(data)], runs_dir=str(tmp_path / "runs"),
+                     preprocess=settings, init_from="pretrained", epochs=1, steps_per_epoch=1,
+                     batch_size=1, budget_minutes=0.0, lr_schedule="plateau", learning_rate=1e-9)
     run = train(config, progress=False)
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert load_config(TrainConfig, run / "config.json").init_from == "pretrained"
@@ -404,11 +360,11 @@ def test_settings_added_later_keep_old_runs_fingerprints():
     found and resumed: those settings count only once they are used. The hashes are the ones these
     configs had before the settings existed (computed at commit 790e122)."""
     from vesselseg.config import AugmentConfig
-    from vesselseg.train import config_fingerprint
+    from vesselseg.runs import config_fingerprint
 
     config = TrainConfig(run_name="old")
     assert config_fingerprint(config) == "f17130df30a0bc07"
-    recipe = load_config(TrainConfig, Path(__file__).parents[1] / "vesselseg" / "recipes"
+    recipe = load_config(TrainConfig, Path(__file__).parents[1] / "experiments" / "recipes"
                          / "pretrained_finetune.json")
     assert config_fingerprint(recipe) == "425022c436d38d01"
     for changed in (replace(config, working_size=576),

@@ -29,12 +29,14 @@ class TrainingDiverged(VesselsegError):
     """The loss became NaN or infinite."""
 
 
-def build_callbacks(config: TrainConfig, run: RunFolder, best_so_far: float | None,
+def build_callbacks(config: TrainConfig, run: RunFolder | Path, best_so_far: float | None,
                     start: float) -> list:
     """The callbacks of a run: resume state, checkpoint, early stop, logs, rate schedule."""
     import keras
 
     from .callbacks import WallClockBudget, cosine_learning_rate
+
+    run = RunFolder.named(run)
 
     monitor = "val_dice"
     callbacks = [
