@@ -1,5 +1,5 @@
 """Speed and memory benchmark of a model on this machine; prints every figure next to its target
-and writes them as JSON and as the markdown table README shows.
+and writes them as JSON and as the markdown table docs/speed.md shows.
 
     python -m benchmarks.speed --source ../shared/datasets/DRIVE \\
         --hrf ../shared/datasets/HRF [--run RUN] [--out FOLDER]
@@ -456,7 +456,7 @@ def _backend_ok(model_only: dict, default_key: str = "keras_float32") -> bool:
 
 
 def markdown_table(figures: dict) -> str:
-    """The README "Speed" table."""
+    """The docs/speed.md table."""
     m = figures["model_only"]
     rows = [f"Machine: {figures['machine']}; TensorFlow {figures['tensorflow']}. Model: "
             f"{figures['parameters']:,} parameters, {figures['forward_gflop']:.1f} GFLOP per "

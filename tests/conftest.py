@@ -64,3 +64,15 @@ def make_synthetic_dataset(tmp_path):
         return write_synthetic_dataset(tmp_path / name, count=count, size=size, seed=seed)
 
     return make
+
+
+#: Fixtures that train a model or read the real datasets: a test using one is slow, and `make
+#: test-fast` (pytest -m "not slow") leaves it out. Other slow tests carry @pytest.mark.slow.
+SLOW_FIXTURES = {"tiny_run", "other_run", "synthetic_preprocessed", "shared_datasets",
+                 "drive_dir", "chase_dir", "hrf_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -70,12 +70,12 @@ def test_members_of_another_shape_are_refused(synthetic_preprocessed, tiny_run, 
 
 
 def test_a_failure_while_joining_leaves_no_folder(tiny_run, other_run, tmp_path, monkeypatch):
-    import vesselseg.train
+    import vesselseg.calibrate
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(vesselseg.train, "choose_threshold", broken)
+    monkeypatch.setattr(vesselseg.calibrate, "choose_threshold", broken)
     with pytest.raises(OSError):
         join_runs(str(tiny_run), str(other_run), runs_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -268,10 +268,10 @@ def test_a_run_with_a_working_size_is_exported_at_that_size(tiny_run, tmp_path):
 def test_a_run_trained_in_bfloat16_exports_a_float32_graph(tiny_run, tmp_path, fmt):
     """Converters and ONNX Runtime take no bfloat16 graphs; a run saved under the mixed
     bfloat16 policy (as the shipped model is) still exports, in float32, and matches Keras."""
-    from vesselseg.backends import load_keras_model
+    from vesselseg.backends import load_keras_model, load_runner
     from vesselseg.config import TrainConfig, load_config
     from vesselseg.devices import dtype_policy
-    from vesselseg.export import export_run, load_runner, verification_inputs
+    from vesselseg.export import export_run, verification_inputs
     from vesselseg.model import get_model, trained_policy
 
     run = _copy_run(tiny_run, tmp_path / "run")

@@ -162,7 +162,7 @@ def config_overrides(args: argparse.Namespace, cls) -> dict:
             if key in names and value is not None}
 
 
-#: The commands whose `--help` README's "Command reference" reproduces (a test keeps it in step).
+#: The commands whose `--help` docs/cli.md reproduces (a test keeps it in step).
 REFERENCE_COMMANDS = ("preprocess", "train", "calibrate", "test", "eval", "export")
 HELP_WIDTH = 100
 

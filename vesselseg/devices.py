@@ -21,7 +21,7 @@ import tensorflow as tf
 from .errors import ConfigError
 
 #: Training's CPU default for --precision auto, "float32" or "bfloat16": float32, since
-#: bfloat16's extra epochs bought no accuracy in a fixed budget (README "Devices").
+#: bfloat16's extra epochs bought no accuracy in a fixed budget (docs/devices.md).
 CPU_DEFAULT_PRECISION = "float32"
 
 
