@@ -24,18 +24,22 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="preprocessed folder at 512x512")
     parser.add_argument("--base-filters", type=int, default=8,
                         help="U-Net width (default 8, the former v0.2 model's; the shipped "
-                             "model is 16)")
+                             "model is 32)")
     parser.add_argument("--steps", type=int, default=40,
                         help="timed training steps per source (default 40; short runs flatter "
                              "the pipeline, whose prefetch buffer hides its first steps)")
-    return run_cli(_main, parser, argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -300,8 +300,9 @@ def test_models_with_the_fused_batch_norm_load_in_safe_mode(tmp_path):
     np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(model(image)), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_fresh_process_loads_a_fused_batch_norm_model(tmp_path):
-    """`load_keras_model` registers the layer itself: `benchmarks.pretrained --ship` loads a
+    """`load_keras_model` registers the layer itself: `experiments.release` loads a
     run in a process that never imported `vesselseg.model`, and failed there before."""
     import subprocess
     import sys

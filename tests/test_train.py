@@ -326,6 +326,7 @@ def test_fine_tuning_from_a_folder_without_a_model_names_it(synthetic_preprocess
     assert code != 0 and f"{tmp_path} is not a run folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fine_tuning_the_shipped_model(make_synthetic_dataset, tmp_path):
     from vesselseg.preprocess import preprocess_dataset
     from vesselseg.runs import PRETRAINED_DIR
