@@ -179,3 +179,31 @@ def test_data_is_a_list_and_old_comma_joined_files_still_load(tmp_path):
     assert TrainConfig(data=["x"]).data == ["x"]
     with pytest.raises(ConfigError, match="data: expected a list of strings"):
         from_dict(TrainConfig, {"data": [1]})
+
+
+@pytest.mark.parametrize("key,value", [
+    ("steps_per_epoch", -3), ("learning_rate", 0.0), ("learning_rate", -1e-3),
+    ("learning_rate", float("nan")), ("budget_minutes", -1.0), ("dropout", 1.5),
+    ("min_learning_rate", 1.0), ("focal_alpha", 2.0), ("loss_balance", -0.1),
+    ("plateau_patience", 0), ("run_name", "../outside"), ("run_name", "a/b"), ("run_name", ".."),
+])
+def test_invalid_training_settings_are_refused_by_name(key, value):
+    """Settings that would train forever, train nothing, or write outside runs_dir."""
+    with pytest.raises(ConfigError, match=key):
+        from_dict(TrainConfig, {key: value})
+
+
+@pytest.mark.parametrize("key,value", [("blur_probability", 1.5), ("brightness", -0.2),
+                                       ("rotation_degrees", float("inf"))])
+def test_invalid_augmentation_settings_are_refused_by_name(key, value):
+    with pytest.raises(ConfigError, match=f"augment.{key}"):
+        from_dict(TrainConfig, {"augment": {key: value}})
+
+
+def test_a_bad_setting_on_the_command_line_leaves_no_run_folder(tmp_path, capsys):
+    from vesselseg.train import main
+
+    assert main(["--data", str(tmp_path), "--runs-dir", str(tmp_path / "runs"),
+                 "--steps-per-epoch", "-3"]) == 1
+    assert "steps_per_epoch: -3 must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -170,3 +170,12 @@ def test_working_size_runs_tiled_and_is_checked(tiny_run, photos, tmp_path, caps
                  "--working-size", str(size // 2)]) == 1
     assert "working_size" in capsys.readouterr().err
     assert not (tmp_path / "small").exists()
+
+
+@pytest.mark.parametrize("threshold", ["nan", "5", "-0.1", "high"])
+def test_a_threshold_outside_0_1_is_a_usage_error(threshold, capsys):
+    from vesselseg.eval import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["photo.png", "--threshold", threshold])
+    assert stop.value.code == 2 and "--threshold" in capsys.readouterr().err

@@ -275,7 +275,8 @@ def test_keep_decides_which_epoch_becomes_the_runs_model(keep, tmp_path):
 def test_fine_tuning_starts_from_the_given_runs_weights(tiny_run, synthetic_preprocessed,
                                                         tmp_path):
     config = replace(load_config(TrainConfig, tiny_run / "config.json"), runs_dir=str(tmp_path),
-                     init_from=str(tiny_run), epochs=1, steps_per_epoch=1, learning_rate=1e-9)
+                     init_from=str(tiny_run), epochs=1, steps_per_epoch=1, learning_rate=1e-9,
+                     min_learning_rate=1e-10)
     run = train(config, progress=False)
     assert load_config(TrainConfig, run / "config.json").init_from == str(tiny_run)
     _assert_same_kernels(tiny_run / "best.keras", run / "best.keras")
@@ -287,7 +288,7 @@ def test_a_wnet_grows_from_a_unet_run(tiny_run, tmp_path):
 
     config = replace(load_config(TrainConfig, tiny_run / "config.json"), runs_dir=str(tmp_path),
                      architecture="wnet", init_from=str(tiny_run), epochs=1, steps_per_epoch=1,
-                     learning_rate=1e-9)
+                     learning_rate=1e-9, min_learning_rate=1e-10)
     grown = load_keras_model(train(config, progress=False) / "best.keras")
     unet = load_keras_model(tiny_run / "best.keras")
     for layer in unet.layers:
@@ -337,7 +338,8 @@ def test_fine_tuning_the_shipped_model(make_synthetic_dataset, tmp_path):
                        progress=False)
     config = replace(shipped, data=[str(data)], runs_dir=str(tmp_path / "runs"),
                      preprocess=settings, init_from="pretrained", epochs=1, steps_per_epoch=1,
-                     batch_size=1, budget_minutes=0.0, lr_schedule="plateau", learning_rate=1e-9)
+                     batch_size=1, budget_minutes=0.0, lr_schedule="plateau", learning_rate=1e-9,
+                     min_learning_rate=1e-10)
     run = train(config, progress=False)
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert load_config(TrainConfig, run / "config.json").init_from == "pretrained"

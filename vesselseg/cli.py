@@ -68,8 +68,22 @@ def add_inference_arguments(parser) -> None:
                              "with AVX512-BF16 or AMX; auto = bfloat16 there (without a GPU), "
                              "else as trained (default: auto for the shipped model; a --run runs "
                              "as trained). train's auto differs: it keeps float32 on CPUs")
-    parser.add_argument("--threshold", type=float,
+    parser.add_argument("--threshold", type=_threshold_argument,
                         help="decision threshold (default: the model's validation-chosen one)")
+
+
+def _threshold_argument(text: str) -> float:
+    """A decision threshold: a number in [0, 1] (NaN or 5 would silently give empty or full
+    masks)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a probability in [0, 1]")
+    return value
 
 
 def _scales_argument(text: str) -> tuple[float, ...]:

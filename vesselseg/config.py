@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -95,6 +96,9 @@ class AugmentConfig:
         if not 0.0 <= self.scale_range < self.zoom:
             raise ConfigError(f"scale_range: {self.scale_range} must be in [0, zoom = "
                               f"{self.zoom}) so every zoom factor stays positive")
+        _check_ranges(self, {"rotation_degrees": (0, 180), "brightness": (0, 1),
+                             "contrast": (0, 1), "gamma": (0, 1), "hue": (0, 0.5),
+                             "saturation": (0, 1), "blur_probability": (0, 1)})
         if self.window < 0 or self.window % 32:
             raise ConfigError(f"window: {self.window} must be 0 (the stored size) or a positive "
                               f"multiple of 32")
@@ -167,9 +171,33 @@ class TrainConfig:
                                   or self.working_size % 32):
             raise ConfigError(f"working_size: {self.working_size} must be 0 or a multiple of 32 "
                               f"of at least preprocess.size ({self.preprocess.size})")
-        for name in ("epochs", "batch_size", "base_filters", "depth"):
+        for name in ("epochs", "batch_size", "base_filters", "depth", "plateau_patience",
+                     "early_stopping_patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        _check_ranges(self, {"steps_per_epoch": (0, None), "budget_minutes": (0, None),
+                             "dropout": (0, 0.95), "focal_alpha": (0, 1), "focal_gamma": (0, None),
+                             "loss_balance": (0, 1)})
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"learning_rate: {self.learning_rate} must be a positive number")
+        if not 0 < self.min_learning_rate <= self.learning_rate:
+            raise ConfigError(f"min_learning_rate: {self.min_learning_rate} must be positive and "
+                              f"at most learning_rate ({self.learning_rate})")
+        if (not self.run_name or self.run_name in (".", "..") or "/" in self.run_name
+                or "\\" in self.run_name):
+            raise ConfigError(f"run_name: {self.run_name!r} must be a plain name (no folder "
+                              f"separators): it names a folder inside runs_dir")
+
+
+def _check_ranges(config, ranges: dict[str, tuple[float | None, float | None]]) -> None:
+    """Raise a ConfigError naming the key when a number is not finite or outside [low, high]."""
+    for name, (low, high) in ranges.items():
+        value = getattr(config, name)
+        if (not math.isfinite(value) or (low is not None and value < low)
+                or (high is not None and value > high)):
+            bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+            raise ConfigError(f"{name}: {value} must be {'in ' if high is not None else ''}"
+                              f"{bounds}")
 
 
 T = TypeVar("T")
