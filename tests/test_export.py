@@ -289,3 +289,13 @@ def test_a_run_trained_in_bfloat16_exports_a_float32_graph(tiny_run, tmp_path, f
     expected = np.asarray(trained(batch, training=False), dtype=np.float32)
     got = load_runner(fmt, result.path)(batch)
     assert np.abs(got.reshape(expected.shape) - expected).max() < TOLERANCE
+
+
+def test_an_export_never_writes_its_record_over_a_file(run, tmp_path, capsys):
+    """--out RUN/config would put the sidecar (config.json) over the run's own config."""
+    from vesselseg.export import main
+
+    config = (run / "config.json").read_bytes()
+    assert main(["--run", str(run), "--format", "tflite", "--out", str(run / "config")]) == 1
+    assert "config.json already exists" in capsys.readouterr().err
+    assert (run / "config.json").read_bytes() == config and not (run / "config").exists()

@@ -91,3 +91,14 @@ def test_output_folders_go_inside_a_run_or_outside_the_package(tmp_path):
     outside = RunFolder.named("pretrained").output_folder("tests", "x", tmp_path / "elsewhere")
     assert outside.parent == tmp_path / "elsewhere"
     assert json.loads(run.config_path.read_text())["data"] == ["d"]
+
+
+@pytest.mark.parametrize("record", ['"0.4"', "[0.4]", '{"threshold": "high"}', "{}",
+                                    '{"threshold": NaN}', '{"threshold": 5}',
+                                    '{"threshold": 0.4, "settings": []}',
+                                    '{"threshold": 0.4, "settings": {"flips": {}}}'])
+def test_a_malformed_threshold_file_is_an_error_naming_it(tmp_path, record):
+    run = _fake_run(tmp_path / "run")
+    run.threshold_path.write_text(record)
+    with pytest.raises(RunFolderError, match="threshold.json"):
+        run.threshold("flips")

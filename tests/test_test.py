@@ -75,3 +75,18 @@ def test_help():
     result = subprocess.run([sys.executable, "-m", "vesselseg.test", "--help"],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "--tta" in result.stdout and "--threshold" in result.stdout
+
+
+def test_a_manifest_id_that_is_a_path_is_refused(tmp_path):
+    """Outputs are named after ids: an id like ../../x would write outside --out."""
+    import pandas as pd
+
+    from vesselseg.errors import DatasetError
+    from vesselseg.test import items_from_manifest
+
+    pd.DataFrame({"id": ["../../x"], "split": ["test"], "augment_of": [""], "image": ["i.png"],
+                  "vessels": ["v.png"], "fov": ["f.png"], "native_image": ["a.png"],
+                  "native_annotation": ["b.png"], "native_fov": [""],
+                  "fov_source": ["estimated"]}).to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(DatasetError, match="manifest.csv: id '../../x' is not a plain file"):
+        items_from_manifest(tmp_path)

@@ -195,6 +195,10 @@ def _exists_message(target: Path) -> str:
 def _check_target(target: Path, fmt: str, overwrite: bool) -> None:
     if target.exists() and not overwrite:
         raise ExportExistsError(_exists_message(target))
+    side = sidecar_path(target)
+    if side.exists() and not overwrite:  # e.g. --out RUN/config would replace RUN/config.json
+        raise ExportExistsError(f"{side} already exists (the export's record would replace it); "
+                                f"choose another --out")
     if fmt == "savedmodel" and target.exists() and not target.is_dir():
         raise ExportError(f"{target}: is a file; a SavedModel export is a folder")
     if fmt != "savedmodel" and target.is_dir():

@@ -232,14 +232,32 @@ class RunFolder:
         """(threshold, source) for an inference setting (`inference.setting_key`): the one
         chosen on validation images for that setting, else the plain setting's, else 0.5."""
         record = self.threshold_record()
-        if not record:
+        if not record and not self.threshold_path.exists():
             return 0.5, "default 0.5 (the run has no threshold.json)"
+        if not isinstance(record, dict):
+            raise RunFolderError(f"{self.threshold_path}: expected a JSON object")
+        plain = self._checked_threshold(record.get("threshold"), "threshold")
         if not setting:
-            return float(record["threshold"]), "validation"
-        own = record.get("settings", {}).get(setting)
+            return plain, "validation"
+        settings = record.get("settings", {})
+        if not isinstance(settings, dict):
+            raise RunFolderError(f"{self.threshold_path}: settings: expected a JSON object")
+        own = settings.get(setting)
         if own is not None:
-            return float(own["threshold"]), "validation"
-        return float(record["threshold"]), "validation, plain setting"
+            value = own.get("threshold") if isinstance(own, dict) else None
+            return self._checked_threshold(value, f"settings.{setting}.threshold"), "validation"
+        return plain, "validation, plain setting"
+
+    def _checked_threshold(self, value, key: str) -> float:
+        """A threshold read from threshold.json: a number in [0, 1], else an error naming it."""
+        import math
+
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or not 0.0 <= value <= 1.0):
+            raise RunFolderError(f"{self.threshold_path}: {key}: {value!r} is not a threshold "
+                                 f"in [0, 1]; choose it again with vesselseg calibrate "
+                                 f"{self.path}")
+        return float(value)
 
     def best_validation_dice(self) -> float | None:
         """The best validation Dice logged so far (a resumed run's checkpoint must beat it)."""

@@ -54,6 +54,10 @@ def items_from_manifest(folder: str | Path, split: str = "test") -> list[TestIte
     rows = manifest[(manifest["split"] == split) & (manifest["augment_of"] == "")]
     if rows.empty:
         raise DatasetError(f"{folder}: no {split!r} images in the manifest")
+    for item_id in rows["id"]:  # ids name output files: they must stay inside --out
+        if (not item_id or item_id in (".", "..") or "/" in item_id or "\\" in item_id):
+            raise DatasetError(f"{Path(folder) / 'manifest.csv'}: id {item_id!r} is not a plain "
+                               f"file name (outputs are named after ids)")
     return [TestItem(r["id"], Path(r["native_image"]), Path(r["native_annotation"]),
                      Path(r["native_fov"]) if r["native_fov"] else None, r["fov_source"])
             for _, r in rows.iterrows()]
