@@ -375,3 +375,41 @@ def test_settings_added_later_keep_old_runs_fingerprints():
                     replace(config, augment=AugmentConfig(pan=True)),
                     replace(config, soft_labels=True)):
         assert config_fingerprint(changed) != "f17130df30a0bc07"
+
+
+def test_weights_that_diverge_under_a_finite_loss_never_make_a_finished_run(
+        synthetic_preprocessed, tmp_path):
+    """Learning rate 1e6: the Dice loss stays finite while batch-norm statistics blow up; the
+    run stops as diverged, says its model is unusable, and is never marked finished."""
+    config = tiny_config(synthetic_preprocessed, tmp_path, epochs=3, learning_rate=1e6)
+    with pytest.raises(TrainingDiverged, match="weights became NaN/inf at epoch 1.*do not use"):
+        train(config, progress=False)
+    (run,) = list(tmp_path.iterdir())
+    assert json.loads((run / "status.json").read_text())["state"] == "diverged"
+    assert not (run / "threshold.json").exists()
+
+
+def test_a_network_too_deep_for_the_images_is_refused_before_any_run_folder(
+        synthetic_preprocessed, tmp_path):
+    config = tiny_config(synthetic_preprocessed, tmp_path / "runs", depth=7)  # 128 / 2**7 = 1
+    with pytest.raises(ConfigError, match="depth: 7 pooling steps do not fit the 128x128"):
+        train(config, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_stopped_by_an_error_is_marked_failed_and_resumed_by_the_rerun(
+        synthetic_preprocessed, tmp_path):
+    class DiskFullAtEpoch2(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise OSError(28, "No space left on device")
+
+    config = tiny_config(synthetic_preprocessed, tmp_path, epochs=3, steps_per_epoch=1)
+    with pytest.raises(OSError):
+        train(config, progress=False, callbacks=[DiskFullAtEpoch2()])
+    (run,) = list(tmp_path.iterdir())
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "No space left on device" in status["reason"]
+    assert train(config, progress=False) == run  # the same folder, resumed
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1, 2]

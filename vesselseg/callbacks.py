@@ -40,3 +40,25 @@ class WallClockBudget(keras.callbacks.Callback):
         self.longest = max(self.longest, now - self.epoch_start)
         if now - self.start + self.longest > self.seconds:
             self.model.stop_training = True
+
+
+class StopOnNonFiniteWeights(keras.callbacks.Callback):
+    """Stop training once any weight (batch-norm statistics included) is NaN or infinite: a
+    Dice loss can stay finite while the network has diverged, which Keras's TerminateOnNaN does
+    not see. `epoch` records the first such epoch (1-based), None while all is well."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.epoch is None and not weights_are_finite(self.model):
+            self.epoch = epoch + 1
+            self.model.stop_training = True
+
+
+def weights_are_finite(model) -> bool:
+    import numpy as np
+
+    return all(np.isfinite(np.asarray(weight, dtype=np.float32)).all()
+               for weight in model.weights)

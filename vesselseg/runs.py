@@ -108,7 +108,8 @@ class RunFolder:
 
     @classmethod
     def find_unfinished(cls, config: TrainConfig) -> RunFolder | None:
-        """The newest earlier run of the same config that did not finish (to resume it)."""
+        """The newest earlier run of the same config that did not finish, killed ("running")
+        or stopped by an error ("failed", e.g. a full disk), to resume it."""
         runs = Path(config.runs_dir)
         if not runs.is_dir():
             return None
@@ -118,7 +119,8 @@ class RunFolder:
             if not run.status_path.exists():
                 continue
             status = run.status()
-            if status.get("fingerprint") == fingerprint and status.get("state") == "running":
+            if (status.get("fingerprint") == fingerprint
+                    and status.get("state") in ("running", "failed")):
                 return run
         return None
 

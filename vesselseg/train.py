@@ -9,6 +9,7 @@ again. Flags are made from `TrainConfig`'s fields; --config takes a recipe name 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -34,7 +35,7 @@ def build_callbacks(config: TrainConfig, run: RunFolder | Path, best_so_far: flo
     """The callbacks of a run: resume state, checkpoint, early stop, logs, rate schedule."""
     import keras
 
-    from .callbacks import WallClockBudget, cosine_learning_rate
+    from .callbacks import StopOnNonFiniteWeights, WallClockBudget, cosine_learning_rate
 
     run = RunFolder.named(run)
 
@@ -42,6 +43,7 @@ def build_callbacks(config: TrainConfig, run: RunFolder | Path, best_so_far: flo
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run.backup_path)),
         keras.callbacks.TerminateOnNaN(),
+        StopOnNonFiniteWeights(),
         # keep="last" saves every epoch: with a schedule that anneals to its end, the final
         # model is the one to keep, and a few validation images choose an epoch by noise
         keras.callbacks.ModelCheckpoint(str(run.model_path), monitor=monitor, mode="max",
@@ -93,6 +95,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     import pandas as pd
 
     from .calibrate import choose_threshold
+    from .callbacks import StopOnNonFiniteWeights, weights_are_finite
     from .devices import environment_facts, gpus, make_strategy, set_precision
     from .finetune import checked_init_weights
     from .losses import make_loss
@@ -113,6 +116,11 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
                           f"{folders[0]} ({settings[0].size}); preprocess them at least that "
                           f"large, or lower the window")
     check_architecture(config.architecture)
+    side = config.augment.window or settings[0].size
+    if side % 2**config.depth or side // 2**config.depth < 2:
+        raise ConfigError(f"depth: {config.depth} pooling steps do not fit the {side}x{side} "
+                          f"training views (the side must be a multiple of 2**depth = "
+                          f"{2**config.depth}, and at least twice it); lower depth")
     loss = make_loss(config.loss, config.loss_balance, config.focal_alpha, config.focal_gamma,
                      use_fov=config.use_fov_in_loss)
     config = replace(config, preprocess=settings[0])
@@ -162,14 +170,21 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     previous = run.status().get("elapsed", 0.0) if resumed else 0.0
     start = time.monotonic() - previous  # a resumed run's budget and time include earlier epochs
     own = build_callbacks(config, run, run.best_validation_dice() if resumed else None, start)
-    history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
-                        steps_per_epoch=steps_per_epoch(train_rows, global_batch,
-                                                        config.steps_per_epoch),
-                        callbacks=own + list(callbacks or []), shuffle=False,
-                        verbose=1 if progress else 2)
+    try:
+        history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
+                            steps_per_epoch=steps_per_epoch(train_rows, global_batch,
+                                                            config.steps_per_epoch),
+                            callbacks=own + list(callbacks or []), shuffle=False,
+                            verbose=1 if progress else 2)
+    except Exception as exc:  # the run is not finished: say so, with the reason
+        with contextlib.suppress(OSError):
+            run.update_status(state="failed", reason=f"{type(exc).__name__}: {exc}"[:1000])
+        raise
     seconds = time.monotonic() - start
     losses = history.history.get("loss", [])
-    diverged = bool(losses) and not all(math.isfinite(v) for v in losses)
+    weights_watch = next(c for c in own if isinstance(c, StopOnNonFiniteWeights))
+    diverged = (bool(losses) and not all(math.isfinite(v) for v in losses)) or \
+        weights_watch.epoch is not None or not weights_are_finite(model)
     epochs = len(losses)
     if run.history_path.exists():
         logged = pd.read_csv(run.history_path)
@@ -178,17 +193,29 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     if diverged:
         run.update_status(state="diverged", seconds=seconds)
         best = run.model_path
-        kept = (f"The best model so far is kept in {best}." if best.exists() else
-                f"No epoch finished with a valid loss, so no model was saved in {run.path}.")
+        if best.exists() and _saved_model_is_finite(best):
+            kept = f"The best model so far is kept in {best}."
+        elif best.exists():
+            kept = f"{best} holds non-finite weights too: do not use it."
+        else:
+            kept = f"No epoch finished with a valid loss, so no model was saved in {run.path}."
+        what = "the loss" if weights_watch.epoch is None else "the weights"
         raise TrainingDiverged(
-            f"training stopped: the loss became NaN/inf at epoch {epochs}. {kept} Lower "
-            f"--learning-rate or use --precision float32.")
+            f"training stopped: {what} became NaN/inf at epoch {weights_watch.epoch or epochs}. "
+            f"{kept} Lower --learning-rate or use --precision float32.")
     if not run.model_path.exists():
         model.save(run.model_path)
     threshold = choose_threshold(run, val_rows)
     run.update_status(state="finished", seconds=seconds, epochs=epochs,
                       finished=datetime.now(timezone.utc).isoformat(), threshold=threshold)
     return run.path
+
+
+def _saved_model_is_finite(path: Path) -> bool:
+    from .backends import load_keras_model
+    from .callbacks import weights_are_finite
+
+    return weights_are_finite(load_keras_model(path))
 
 
 def build_parser() -> argparse.ArgumentParser:
