@@ -183,8 +183,8 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     seconds = time.monotonic() - start
     losses = history.history.get("loss", [])
     weights_watch = next(c for c in own if isinstance(c, StopOnNonFiniteWeights))
-    diverged = (bool(losses) and not all(math.isfinite(v) for v in losses)) or \
-        weights_watch.epoch is not None or not weights_are_finite(model)
+    loss_diverged = bool(losses) and not all(math.isfinite(v) for v in losses)
+    diverged = loss_diverged or weights_watch.epoch is not None or not weights_are_finite(model)
     epochs = len(losses)
     if run.history_path.exists():
         logged = pd.read_csv(run.history_path)
@@ -199,10 +199,11 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
             kept = f"{best} holds non-finite weights too: do not use it."
         else:
             kept = f"No epoch finished with a valid loss, so no model was saved in {run.path}."
-        what = "the loss" if weights_watch.epoch is None else "the weights"
+        what, at = (("the loss", epochs) if loss_diverged
+                    else ("the weights", weights_watch.epoch or epochs))
         raise TrainingDiverged(
-            f"training stopped: {what} became NaN/inf at epoch {weights_watch.epoch or epochs}. "
-            f"{kept} Lower --learning-rate or use --precision float32.")
+            f"training stopped: {what} became NaN/inf at epoch {at}. {kept} Lower "
+            f"--learning-rate or use --precision float32.")
     if not run.model_path.exists():
         model.save(run.model_path)
     threshold = choose_threshold(run, val_rows)
