@@ -148,15 +148,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, 
     import typing
 
     hints = typing.get_type_hints(cls)
-    defaults = cls() if all(f.default is not dataclasses.MISSING
-                            or f.default_factory is not dataclasses.MISSING
-                            for f in dataclasses.fields(cls)) else None
+    defaults = cls()  # every config dataclass has a default for every field
     for item in dataclasses.fields(cls):
         annotation = hints[item.name]
         if item.name in skip or dataclasses.is_dataclass(annotation):
             continue
         names = [f"--{item.name.replace('_', '-')}", *(flags or {}).get(item.name, ())]
-        default = getattr(defaults, item.name) if defaults is not None else None
+        default = getattr(defaults, item.name)
         shown = " ".join(default) if isinstance(default, list) else default
         help_text = item.metadata.get("help", item.name.replace("_", " "))
         kwargs = _flag_type(annotation)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
-from .io import write_text_atomic
+from .io import is_plain_name, write_text_atomic
 
 ENHANCEMENTS = ("none", "clahe", "green_clahe")
 PRECISIONS = ("auto", "float32", "bfloat16", "mixed_float16")
@@ -183,8 +183,7 @@ class TrainConfig:
         if not 0 < self.min_learning_rate <= self.learning_rate:
             raise ConfigError(f"min_learning_rate: {self.min_learning_rate} must be positive and "
                               f"at most learning_rate ({self.learning_rate})")
-        if (not self.run_name or self.run_name in (".", "..") or "/" in self.run_name
-                or "\\" in self.run_name):
+        if not is_plain_name(self.run_name):
             raise ConfigError(f"run_name: {self.run_name!r} must be a plain name (no folder "
                               f"separators): it names a folder inside runs_dir")
 

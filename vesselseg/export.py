@@ -294,7 +294,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, overwri
                 f"{fmt} export of {model_path} is not faithful: max abs probability diff "
                 f"{worst:.3g} >= {tolerance:g} ({_format_diffs(diffs)}); nothing was written")
         _publish(tmp, target, overwrite)
-        _write_sidecar(target, fmt, size, model_path, diffs, opset)
+        _write_sidecar(target, fmt, size, run, diffs, opset)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -314,7 +314,7 @@ def export_model(run: str | Path, fmt: str, out: str | Path | None = None,
     return export_run(run, fmt, out, overwrite=overwrite, **kwargs).path
 
 
-def _write_sidecar(target: Path, fmt: str, size: int, model_path: Path, diffs: dict[str, float],
+def _write_sidecar(target: Path, fmt: str, size: int, run: RunFolder, diffs: dict[str, float],
                    opset: int) -> None:
     from .io import write_text_atomic
 
@@ -324,8 +324,8 @@ def _write_sidecar(target: Path, fmt: str, size: int, model_path: Path, diffs: d
                   "range": "RGB / 255, prepared by vesselseg.inference.Segmenter.prepare"},
         "output": {"shape": [None, size, size, 1], "dtype": "float32",
                    "meaning": "vessel probability"},
-        "source_model": str(model_path.resolve()),
-        "source_sha256": RunFolder(model_path.parent).model_sha256(),
+        "source_model": str(run.model_path.resolve()),
+        "source_sha256": run.model_sha256(),
         "max_abs_diff_vs_keras": diffs,
         "versions": _versions(fmt),
         "created": datetime.now(timezone.utc).isoformat(),

@@ -30,6 +30,12 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
+def is_plain_name(name: str) -> bool:
+    """True for a name that stays inside the folder it is joined to: no separator, not . or ..
+    (run names and manifest ids become file and folder names)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+
+
 def is_image_file(path: str | Path) -> bool:
     """True when the file name has one of the supported image extensions (any case)."""
     name = Path(path).name.lower()

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from .config import TrainConfig, load_config, to_dict
+from .config import TrainConfig, load_config, save_config, to_dict
 from .errors import RunFolderError
 from .io import write_text_atomic
 from .outputs import new_folder
@@ -184,8 +184,6 @@ class RunFolder:
         return load_config(TrainConfig, self.config_path)
 
     def save_config(self, config: TrainConfig) -> None:
-        from .config import save_config
-
         save_config(config, self.config_path)
 
     def status(self) -> dict:

@@ -27,7 +27,7 @@ from .errors import DatasetError, VesselsegError
 from .evaluation import METRIC_NAMES, PooledEvaluator, summary_rows
 from .fov import estimate_fov
 from .inference import Segmenter
-from .io import read_image, read_mask, write_png, write_text_atomic
+from .io import is_plain_name, read_image, read_mask, write_png, write_text_atomic
 from .outputs import write_probability
 from .plots import comparison_panel, roc_pr_curves
 from .runs import PRETRAINED_NAME, RunFolder
@@ -55,7 +55,7 @@ def items_from_manifest(folder: str | Path, split: str = "test") -> list[TestIte
     if rows.empty:
         raise DatasetError(f"{folder}: no {split!r} images in the manifest")
     for item_id in rows["id"]:  # ids name output files: they must stay inside --out
-        if (not item_id or item_id in (".", "..") or "/" in item_id or "\\" in item_id):
+        if not is_plain_name(item_id):
             raise DatasetError(f"{Path(folder) / 'manifest.csv'}: id {item_id!r} is not a plain "
                                f"file name (outputs are named after ids)")
     return [TestItem(r["id"], Path(r["native_image"]), Path(r["native_annotation"]),

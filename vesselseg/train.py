@@ -95,7 +95,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     import pandas as pd
 
     from .calibrate import choose_threshold
-    from .callbacks import StopOnNonFiniteWeights, weights_are_finite
+    from .callbacks import StopOnNonFiniteWeights
     from .devices import environment_facts, gpus, make_strategy, set_precision
     from .finetune import checked_init_weights
     from .losses import make_loss
@@ -184,7 +184,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     losses = history.history.get("loss", [])
     weights_watch = next(c for c in own if isinstance(c, StopOnNonFiniteWeights))
     loss_diverged = bool(losses) and not all(math.isfinite(v) for v in losses)
-    diverged = loss_diverged or weights_watch.epoch is not None or not weights_are_finite(model)
+    diverged = loss_diverged or weights_watch.epoch is not None
     epochs = len(losses)
     if run.history_path.exists():
         logged = pd.read_csv(run.history_path)
