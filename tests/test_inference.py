@@ -324,3 +324,75 @@ def test_inference_never_writes_into_the_package(tmp_path, monkeypatch):
         Segmenter.pretrained(backend="onnx")
     assert sorted(p.name for p in PRETRAINED_DIR.iterdir()) == before
     assert not (tmp_path / "cache").exists()
+
+
+# -- the input contract of Segmenter.predict ------------------------------------------------------
+@pytest.fixture(scope="module")
+def photo():
+    return generate_fundus(3, size=160).image
+
+
+def _same_prediction(a, b):
+    np.testing.assert_allclose(a.probability, b.probability, atol=1e-6)
+    assert np.array_equal(a.mask, b.mask)
+
+
+def test_every_accepted_form_of_a_photo_gives_the_same_mask(segmenter, photo, tmp_path):
+    from PIL import Image
+
+    from vesselseg.io import write_png
+
+    reference = segmenter.predict(photo)
+    path = write_png(tmp_path / "photo.png", photo)
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
+    forms = {
+        "uint16 full range": photo.astype(np.uint16) * 257,  # silently wrong before
+        "float in [0, 1]": photo / 255.0,
+        "float32": (photo / 255.0).astype(np.float32),
+        "int32": photo.astype(np.int32),
+        "RGBA": rgba,
+        "PIL": Image.fromarray(photo),
+        "path": path,
+        "str path": str(path),
+    }
+    for name, form in forms.items():
+        result = segmenter.predict(form)
+        assert result.mask.shape == photo.shape[:2], name
+        _same_prediction(result, reference)
+
+
+def test_grayscale_forms_agree(segmenter, photo):
+    gray = photo[..., 1]
+    reference = segmenter.predict(np.dstack([gray] * 3))
+    for form in (gray, gray[..., None], gray.astype(np.uint16) * 257, gray / 255.0):
+        _same_prediction(segmenter.predict(form), reference)
+
+
+def test_a_batch_returns_one_prediction_per_photo_in_order(segmenter, photo):
+    other = np.ascontiguousarray(photo[::-1])
+    singles = [segmenter.predict(photo), segmenter.predict(other)]
+    for batch in ([photo, other], np.stack([photo, other])):
+        results = segmenter.predict(batch)
+        assert isinstance(results, list) and len(results) == 2
+        for result, single in zip(results, singles):
+            _same_prediction(result, single)
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (np.zeros((64, 64, 3), bool), TypeError, "dtype bool"),
+    (np.full((64, 64, 3), np.nan), ValueError, "NaN"),
+    (np.full((64, 64, 3), 2.0), ValueError, "[0, 1]"),
+    (np.full((64, 64, 3), -0.5), ValueError, "[0, 1]"),
+    (np.zeros((0, 0, 3), np.uint8), ValueError, "empty"),
+    (np.zeros((1, 1, 64, 64, 3), np.uint8), ValueError, "shape"),
+    (np.zeros((64, 64, 2), np.uint8), ValueError, "shape"),
+    (np.full((64, 64), -3, np.int16), ValueError, "negative"),
+    (3, TypeError, "int"),
+    ({"image": 1}, TypeError, "dict"),
+])
+def test_rejected_inputs_say_what_is_accepted(segmenter, bad, error, words):
+    with pytest.raises(error) as caught:
+        segmenter.predict(bad)
+    assert words in str(caught.value)
+    if "NaN" not in words and "negative" not in words and "[0, 1]" not in words:
+        assert "HxW" in str(caught.value)  # the accepted forms are listed

@@ -21,22 +21,52 @@ def describe_os_error(exc: OSError) -> str:
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
             argv: Sequence[str] | None = None) -> int:
     """Parse argv, run `main`, and turn VesselsegError and OSError (unwritable output, full
-    disk...) into `error: ...` with exit status 1, never a traceback."""
-    # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) is not for users; it must be
-    # set before TensorFlow is imported, which every command does lazily inside `main`.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    disk...) into `error: ...` with the error's exit status, never a traceback.
+
+    Every command gets --version, -q/--quiet and -v/--verbose here, so they mean the same
+    everywhere: quiet drops progress and per-item lines (errors still show); verbose lets
+    TensorFlow's own start-up log lines through, which are dropped otherwise."""
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return main(args)
-    except VesselsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    if not args.verbose:
+        # must be set before TensorFlow is imported, which every command does lazily in `main`
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .console import native_log_filter
+
+    with native_log_filter(enabled=not args.verbose):
+        try:
+            return main(args)
+        except VesselsegError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except OSError as exc:
+            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+#: Exit statuses shared by every command (documented in each --help).
+EXIT_STATUS_HELP = ("exit status: 0 done; 1 failed (eval: some photos failed); 2 usage error "
+                    "(bad flags or settings); 3 nothing could be processed")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--version, -q/--quiet and -v/--verbose (added by run_cli to every command)."""
+    from . import __version__
+
+    present = {option for action in parser._actions for option in action.option_strings}
+    if "--version" not in present:
+        parser.add_argument("--version", action="version", version=f"vesselseg {__version__}")
+    if "--quiet" not in present:
+        parser.add_argument("-q", "--quiet", action="store_true",
+                            help="no progress bars or per-item lines (errors still print)")
+    if "--verbose" not in present:
+        parser.add_argument("-v", "--verbose", action="store_true",
+                            help="also show TensorFlow's own start-up and device log lines")
+    if parser.epilog is None:
+        parser.epilog = EXIT_STATUS_HELP
 
 
 def add_run_argument(parser: argparse.ArgumentParser) -> None:

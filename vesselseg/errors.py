@@ -11,6 +11,9 @@ from pathlib import Path
 class VesselsegError(Exception):
     """Base class of every error the package raises on purpose."""
 
+    #: The command's exit status when this error stops it (cli.EXIT_STATUS_HELP).
+    exit_code = 1
+
 
 class InputError(VesselsegError):
     """Bad input data: a photo, an annotation or a dataset folder."""
@@ -31,6 +34,8 @@ class DatasetError(InputError):
 
 class ConfigError(VesselsegError):
     """A configuration file or value is invalid; the message names the key."""
+
+    exit_code = 2  # a usage error, like a bad flag
 
 
 class ModelLoadError(VesselsegError):

@@ -234,8 +234,32 @@ class Segmenter:
         native = to_native(probability, box) * fov
         return Prediction(native, (native >= self.threshold) & fov, fov, self.threshold)
 
-    def predict(self, image: np.ndarray, fov: np.ndarray | None = None) -> Prediction:
-        """Probability map and mask at the photo's native size."""
+    def predict(self, image, fov: np.ndarray | None = None):
+        """Probability map and mask at the photo's native size.
+
+        `image`: one photo, as
+          - an HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA, composited on black) numpy array of
+            uint8; of uint16 over its full range (65535 is white, as in scikit-image); of
+            another integer type, read as 8-bit when its values stay within 255, else as
+            16-bit; or of floats in [0, 1] (scikit-image's convention);
+          - a PIL image, or the path of an image file (read as `eval` reads it).
+        A batch (an NxHxWxC array, or a list of any of the above) returns a list of
+        Predictions, run `batch_size` at a time. `fov` (optional, native HxW bool, a list for
+        a batch) replaces the estimated field of view. Anything else raises a TypeError or
+        ValueError saying what is accepted."""
+        if _is_batch(image):
+            photos = list(image)
+            fovs = [None] * len(photos) if fov is None else list(fov)
+            if len(fovs) != len(photos):
+                raise ValueError(f"fov: {len(fovs)} masks for {len(photos)} photos")
+            results = []
+            for _, result in self.predict_many(range(len(photos)),
+                                               lambda i: (as_photo(photos[i]), fovs[i])):
+                if isinstance(result, Exception):
+                    raise result
+                results.append(result)
+            return results
+        image = as_photo(image)
         if self.scales != (1.0,):
             return self._predict_scales(image, fov)
         model_input, fov, box = self.prepare(image, fov)
@@ -324,3 +348,81 @@ def resolve_inference_precision(precision: str | None, backend: str = "keras") -
 
 def load_photo(path: str | Path) -> tuple[np.ndarray, None]:
     return read_image(path), None
+
+
+ACCEPTED_INPUTS = ("an HxW, HxWx1, HxWx3 or HxWx4 array of uint8, uint16 (full range), "
+                   "another integer type (8- or 16-bit values) or floats in [0, 1]; a PIL image; an image file path; or a list / "
+                   "NxHxWxC array of these")
+
+
+def _is_batch(image) -> bool:
+    if isinstance(image, (list, tuple)):
+        return True
+    return isinstance(image, np.ndarray) and image.ndim == 4
+
+
+def as_photo(image) -> np.ndarray:
+    """One photo in any accepted form (Segmenter.predict) as HxWx3 RGB uint8. Files and PIL
+    images are converted as `eval` reads them (a 16-bit file is stretched by its maximum, as
+    sensors often fill only 10-14 bits); arrays follow scikit-image's ranges."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if _is_pil_image(image):
+        from .io import pil_to_array
+
+        image = pil_to_array(image)
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"cannot segment a {type(image).__name__}; give {ACCEPTED_INPUTS}")
+    if image.size == 0:
+        raise ValueError(f"cannot segment an empty array (shape {image.shape}); give "
+                         f"{ACCEPTED_INPUTS}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"cannot segment an array of shape {image.shape}; give "
+                         f"{ACCEPTED_INPUTS}")
+    if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer)
+                                   or np.issubdtype(image.dtype, np.floating)):
+        raise TypeError(f"cannot segment an array of dtype {image.dtype}; give "
+                        f"{ACCEPTED_INPUTS}")
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.all(np.isfinite(image)):
+            raise ValueError("the image holds NaN or infinite values; give floats in [0, 1]")
+        low, high = float(image.min()), float(image.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"float images must hold values in [0, 1] (scikit-image's "
+                             f"convention); this one spans [{low:g}, {high:g}]: divide by its "
+                             f"maximum, or pass the integer array")
+        image = np.rint(image.astype(np.float64) * 255.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = _integers_to_uint8(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    elif image.shape[2] == 4:
+        from .io import composite_on_black
+
+        image = composite_on_black(image)
+    return np.ascontiguousarray(image)
+
+
+def _integers_to_uint8(image: np.ndarray) -> np.ndarray:
+    """uint16 spans the full 16-bit range (scikit-image's convention: 65535 is white); other
+    integer types are read by their values: up to 255 as 8-bit, up to 65535 as 16-bit."""
+    low, high = int(image.min()), int(image.max())
+    if low < 0:
+        raise ValueError(f"integer images must not be negative (dtype {image.dtype}, minimum "
+                         f"{low})")
+    if image.dtype != np.uint16 and high <= 255:
+        return image.astype(np.uint8)
+    if high > 65535:
+        raise ValueError(f"integer values up to {high} (dtype {image.dtype}) are neither 8- "
+                         f"nor 16-bit; scale the photo to uint8, uint16 or floats in [0, 1]")
+    return np.rint(image.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+
+
+def _is_pil_image(image) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        return False
+    return isinstance(image, Image.Image)

@@ -315,3 +315,22 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_png(path: str | Path, array: np.ndarray) -> Path:
     """Write a uint8/bool image as PNG atomically (non-ASCII paths work, unlike cv2.imwrite)."""
     return write_bytes_atomic(path, encode_png(array))
+
+
+def composite_on_black(rgba: np.ndarray) -> np.ndarray:
+    """RGB of an RGBA uint8 photo laid on black, as transparent files are read: fundus
+    backgrounds are black, so the FOV estimate still works."""
+    image = Image.fromarray(np.ascontiguousarray(rgba), "RGBA")
+    background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+    return np.asarray(Image.alpha_composite(background, image).convert("RGB"))
+
+
+def pil_to_array(image: Image.Image) -> np.ndarray:
+    """An open PIL image as a uint8 array (HxW or HxWx3), converted as files are read: EXIF
+    orientation applied, 16-bit and float modes scaled, transparency composited on black."""
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _to_uint8(np.asarray(image))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return composite_on_black(np.asarray(image.convert("RGBA")))
+    return np.asarray(image.convert("RGB") if image.mode != "L" else image)

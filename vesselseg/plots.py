@@ -3,27 +3,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .io import atomic_path  # noqa: E402
+from .io import atomic_path
 
 
-def _save(figure, path: str | Path) -> Path:
+def new_figure(columns: int, size: tuple[float, float]) -> tuple[Figure, list]:
+    """A figure and its axes from matplotlib's object API: no pyplot, so the user's own backend
+    and open figures are never touched (and nothing needs closing)."""
+    figure = Figure(figsize=size)
+    axes = figure.subplots(1, columns, squeeze=False)[0]
+    return figure, list(axes)
+
+
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Write a figure atomically (the format from the suffix, PNG by default)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
     return path
 
 
 def learning_curves(history: pd.DataFrame, path: str | Path) -> Path:
     """Training/validation loss and validation Dice per epoch."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (left, right) = new_figure(2, (11, 4))
     epochs = history["epoch"] + 1
     left.plot(epochs, history["loss"], label="training loss")
     if "val_loss" in history:
@@ -41,7 +46,7 @@ def learning_curves(history: pd.DataFrame, path: str | Path) -> Path:
     right.legend()
     right.grid(alpha=0.3)
     figure.suptitle("Learning curves")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def error_overlay(prediction: np.ndarray, truth: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
@@ -58,7 +63,7 @@ def comparison_panel(image: np.ndarray, truth: np.ndarray, probability: np.ndarr
                      prediction: np.ndarray, fov: np.ndarray | None, title: str,
                      path: str | Path) -> Path:
     """image | annotation | probability | prediction with FP (red) and FN (blue)."""
-    figure, axes = plt.subplots(1, 4, figsize=(16, 4.4))
+    figure, axes = new_figure(4, (16, 4.4))
     panels = [(image, "image", None), (truth, "annotation", "gray"),
               (probability, "probability", "magma"),
               (error_overlay(prediction, truth, fov), "prediction: TP white, FP red, FN blue",
@@ -68,12 +73,12 @@ def comparison_panel(image: np.ndarray, truth: np.ndarray, probability: np.ndarr
         axis.set_title(label, fontsize=10)
         axis.axis("off")
     figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def roc_pr_curves(curves: dict[str, np.ndarray], auc_roc: float, auc_pr: float,
                   path: str | Path, title: str = "pooled over the test images") -> Path:
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
+    figure, (left, right) = new_figure(2, (10, 4.5))
     left.plot(np.concatenate([[0], curves["fpr"]]), np.concatenate([[0], curves["tpr"]]))
     left.plot([0, 1], [0, 1], "--", color="gray", lw=0.8)
     left.set_xlabel("false positive rate (1 - specificity)")
@@ -88,7 +93,7 @@ def roc_pr_curves(curves: dict[str, np.ndarray], auc_roc: float, auc_pr: float,
         axis.set_ylim(0, 1.01)
         axis.grid(alpha=0.3)
     figure.suptitle(f"Pixels inside the FOV, native resolution, {title}")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 80), alpha: float = 0.6):
