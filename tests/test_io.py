@@ -388,3 +388,168 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     os.umask(umask)
     path = write_bytes_atomic(tmp_path / "a.bin", b"x")
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ------------------------------------------------- one reader, the same guards for every decoder
+# Issue #36: what OpenCV decodes (Radiance HDR, PAM, 16-bit colour, signed TIFF) gets the same
+# header checks as what PIL decodes, before any pixel is decoded.
+
+
+@pytest.fixture
+def decoder_calls(monkeypatch) -> list[str]:
+    """Record every cv2.imdecode call (a refused file must never reach a decoder)."""
+    calls: list[str] = []
+    real = cv2.imdecode
+
+    def imdecode(buffer, flags):
+        calls.append(bytes(buffer[:12]).decode("latin-1"))
+        return real(buffer, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    return calls
+
+
+def radiance(path: Path, image: np.ndarray | None = None, size_line: str | None = None) -> Path:
+    """A Radiance HDR file of a float RGB image, or only a header declaring `size_line`."""
+    if size_line is not None:
+        path.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n" + size_line.encode()
+                         + b"\n" + bytes(4096))
+        return path
+    ok, buffer = cv2.imencode(".hdr", image[..., ::-1].astype(np.float32))
+    assert ok
+    path.write_bytes(buffer.tobytes())
+    return path
+
+
+def test_hdr_named_png_is_size_checked_before_opencv_decodes_it(tmp_path, decoder_calls):
+    """A 9 MB HDR named .png took 11.6 GB: OpenCV decoded whatever size its header declared."""
+    bomb = radiance(tmp_path / "bomb.png", size_line="-Y 11000 +X 11000")
+    assert_read_error(bomb, "11000x11000", "bomb")
+    long = radiance(tmp_path / "long.png", size_line="-Y 100 +X 30000")
+    assert_read_error(long, "30000x100", "20,000", reader=read_mask)
+    assert decoder_calls == []
+
+
+def test_hdr_reads_as_a_photo(tmp_path):
+    image = photo().astype(np.float32) / 255.0
+    result = read_image(radiance(tmp_path / "scene.hdr", image))
+    assert_rgb(result, 48, 64)
+    assert np.abs(result.astype(int) - photo().astype(int)).mean() < 3  # RGBE keeps ~1 %
+
+
+def test_format_without_a_readable_size_is_refused(tmp_path, decoder_calls):
+    """PAM: OpenCV reads it, PIL cannot size it: refused rather than decoded blindly."""
+    path = tmp_path / "bomb.ppm"
+    path.write_bytes(b"P7\nWIDTH 11000\nHEIGHT 11000\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\n"
+                     b"ENDHDR\n" + bytes(4096))
+    assert_read_error(path, "not a readable image")
+    assert decoder_calls == []
+
+
+def test_photo_of_absurd_proportions_is_refused(tmp_path):
+    """An 8x20000 PNG of 572 bytes cost 2 GB: its square FOV crop is 20800x20800."""
+    write_png(tmp_path / "strip.png", np.full((8, 400, 3), 120, np.uint8))
+    assert_read_error(tmp_path / "strip.png", "400x8", "50.0:1", "roughly square")
+    assert read_mask(tmp_path / "strip.png").shape == (8, 400)  # a mask is no photo
+    write_png(tmp_path / "wide.png", np.full((16, 64, 3), 120, np.uint8))
+    assert_rgb(read_image(tmp_path / "wide.png"), 16, 64)  # 4:1 is accepted
+
+
+def tiff(path: Path, array: np.ndarray, orientation: int = 1, **kwargs) -> Path:
+    import tifffile
+
+    extratags = [(274, "H", 1, orientation, True)] if orientation != 1 else []
+    tifffile.imwrite(path, array, photometric="rgb" if array.ndim == 3 else "minisblack",
+                     extratags=extratags, **kwargs)
+    return path
+
+
+ORIENTED = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+            5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+            7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+@pytest.mark.parametrize("colour", [False, True])
+def test_tiff_orientation_is_applied_once_at_every_bit_depth(tmp_path, dtype, colour):
+    """16-bit colour TIFFs with an orientation tag gave masks in the wrong orientation."""
+    image = photo()
+    stored = image if colour else image[..., 1]
+    scale = {"uint8": 1, "uint16": 257, "int16": 100, "float32": 1}[dtype]
+    for orientation, turn in ORIENTED.items():
+        data = np.rint(stored.astype(np.float64) * scale)
+        path = tiff(tmp_path / f"o{orientation}.tif", data.astype(dtype), orientation)
+        result = read_image(path).astype(int)
+        expected = turn(image if colour else np.repeat(stored[..., None], 3, axis=2))
+        assert result.shape == expected.shape, orientation
+        expected = expected.astype(int) * (255 / stored.max() if dtype == "int16" else 1)
+        assert np.abs(result - expected).max() <= 1, orientation
+
+
+def test_exif_orientation_matches_pil_for_jpeg(tmp_path):
+    for orientation in ORIENTED:
+        pil = Image.fromarray(photo())
+        exif = pil.getexif()
+        exif[0x0112] = orientation
+        pil.save(tmp_path / "r.jpg", exif=exif, quality=95)
+        with Image.open(tmp_path / "r.jpg") as im:
+            from PIL import ImageOps
+            expected = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        np.testing.assert_array_equal(read_image(tmp_path / "r.jpg"), expected)
+
+
+@pytest.mark.parametrize("dtype, top", [("int16", 30000), (">i2", 30000), ("int32", 2_000_000_000),
+                                        (">i4", 4000), ("uint32", 4_000_000_000), ("int8", 100)])
+def test_signed_and_32bit_tiffs_are_decoded_correctly(tmp_path, dtype, top):
+    """Big-endian compressed signed data came out byte-swapped, uint32 above 2**31 wrapped,
+    int8 was read as unsigned."""
+    ramp = np.linspace(0, top, 64)[None, :].repeat(48, axis=0).astype(dtype)
+    result = read_image(tiff(tmp_path / "ramp.tif", ramp, compression="zlib"))[..., 0]
+    expected = np.rint(ramp.astype(np.float64) * (255 / top if top > 255 else 1))
+    assert np.abs(result.astype(int) - expected).max() <= 1
+
+
+def test_negative_values_are_clipped_with_a_note(tmp_path):
+    ramp = np.linspace(-1000, 3000, 64)[None, :].repeat(48, axis=0).astype(np.int16)
+    path = tiff(tmp_path / "signed.tif", ramp)
+    notes: list[str] = []
+    result = read_image(path, notes=notes)[..., 0]
+    assert result[:, :16].max() == 0 and result[:, -1].min() == 255
+    assert len(notes) == 1 and "signed.tif" in notes[0] and "negative" in notes[0]
+    from vesselseg.io import InputWarning
+
+    with pytest.warns(InputWarning, match="signed.tif"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_nan_or_infinite_is_an_error(tmp_path, bad):
+    image = (photo().astype(np.float32) / 255.0)
+    image[5, 5] = bad
+    assert_read_error(tiff(tmp_path / "f.tif", image), "NaN or infinite")
+
+
+def test_float_ranges_are_converted_as_documented(tmp_path):
+    image = photo().astype(np.float32)
+    for name, data, factor in (("unit", image / 255, 1.0), ("bytes", image, 1.0),
+                               ("wide", image * 40, 255 / (image.max() * 40) * 40)):
+        result = read_image(tiff(tmp_path / f"{name}.tif", data)).astype(float)
+        assert np.abs(result - np.rint(image * factor)).max() <= 1, name
+
+
+@pytest.mark.parametrize("name", ["pages.tif", "animated.gif"])
+def test_multi_frame_files_warn_that_only_the_first_frame_is_used(tmp_path, name):
+    frames = [Image.fromarray(photo(seed=k)) for k in range(3)]
+    frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
+    notes: list[str] = []
+    first = read_image(tmp_path / name, notes=notes)
+    assert len(notes) == 1 and name in notes[0] and "3 frames" in notes[0], notes
+    assert np.abs(first.astype(int) - photo(seed=0)).mean() < 8  # the first frame
+    from vesselseg.io import InputWarning
+
+    with pytest.warns(InputWarning, match=name):
+        read_mask(tmp_path / name)
+    notes.clear()
+    read_image(tmp_path / "single.png" if write_png(tmp_path / "single.png", photo()) else "",
+               notes=notes)
+    assert notes == []

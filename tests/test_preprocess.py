@@ -269,8 +269,8 @@ def test_hrf_one_image_and_missing_annotation_is_reported(hrf_dir, tmp_path, cap
 # --------------------------------------------------------------------------- bad inputs
 
 
-def assert_failed(code: int, stderr: str, *names: str) -> None:
-    assert code == 1
+def assert_failed(code: int, stderr: str, *names: str, status: int = 1) -> None:
+    assert code == status
     assert "error:" in stderr
     for name in names:
         assert name in stderr, stderr
@@ -354,9 +354,9 @@ def test_missing_and_empty_source_folders(tmp_path, capsys):
 
 def test_invalid_arguments(tmp_path, capsys):
     code, _, stderr = run(capsys, "--out", tmp_path / "out", "--size", 100)
-    assert_failed(code, stderr, "size")
+    assert_failed(code, stderr, "size", status=2)  # bad settings are usage errors
     code, _, stderr = run(capsys, "--out", tmp_path / "out", "--val-fraction", 1.5)
-    assert_failed(code, stderr, "val_fraction")
+    assert_failed(code, stderr, "val_fraction", status=2)
     with pytest.raises(SystemExit) as info:
         main(["--dataset", "nope", "--out", str(tmp_path / "out")])
     assert info.value.code == 2
