@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import cv2
+import pandas as pd
 import numpy as np
 import pytest
 from PIL import Image
@@ -37,9 +38,12 @@ def test_every_format_is_segmented_at_native_size(tiny_run, photos, tmp_path, ca
         for kind in ("probability", "mask", "overlay"):
             written = read_image(out / f"{stem}_{kind}.png")
             assert written.shape[:2] == (300, 300), (stem, kind)
+    rows = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert len(rows) == 6 and set(rows["status"]) == {"done"}
+    assert (rows["width"] == 300).all() and (rows["height"] == 300).all()
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["results"]) == 6 and all(r["error"] is None for r in summary["results"])
-    assert summary["compute_precision"] == "float32"
+    assert summary["settings"]["compute_precision"] == "float32"
+    assert summary["state"] == "finished" and summary["photos"] == {"this_run": 6, "failed": 0}
 
 
 def test_multiscale_eval_writes_the_averaged_maps_and_records_the_setting(tiny_run, photos,
@@ -50,8 +54,8 @@ def test_multiscale_eval_writes_the_averaged_maps_and_records_the_setting(tiny_r
     assert main([str(photos / "retina.jpg"), "--run", str(tiny_run), "--out", str(out),
                  "--scales", "1,1.5", "--json"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["scales"] == [1.0, 1.5]
-    assert summary["threshold_source"] == "validation, plain setting"  # none of its own yet
+    assert summary["settings"]["scales"] == [1.0, 1.5]
+    assert summary["settings"]["threshold_source"] == "validation, plain setting"  # none of its own yet
     expected = Segmenter.from_run(tiny_run, scales=(1.0, 1.5)).predict(
         read_image(photos / "retina.jpg")).probability
     written = read_image(out / "retina_probability.png")
@@ -79,11 +83,14 @@ def test_broken_file_is_reported_and_the_others_still_processed(tiny_run, photos
     assert main([str(folder), "--run", str(tiny_run), "--out", str(out), "--json"]) == 1
     captured = capsys.readouterr()
     assert "broken.png" in captured.err and "empty.jpg" in captured.err
-    assert "2 of 4 image(s) failed" in captured.err
+    assert "2 of 4 photo(s) failed" in captured.err
     assert (out / "a_overlay.png").exists() and (out / "z_overlay.png").exists()
     assert not (out / "broken_mask.png").exists()
     results = json.loads(captured.out)
-    assert [r["error"] is None for r in results] == [True, False, False, True]
+    assert [r["status"] for r in results] == ["done", "failed", "failed", "done"]
+    table = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert list(table["status"]) == ["done", "failed", "failed", "done"]
+    assert "broken.png" in table["error"][1] and table["vessel_density"][1] == ""
 
 
 def test_existing_outputs_need_overwrite(tiny_run, photos, tmp_path, capsys):
@@ -91,7 +98,7 @@ def test_existing_outputs_need_overwrite(tiny_run, photos, tmp_path, capsys):
     image = str(photos / "retina.jpg")
     assert main([image, "--run", str(tiny_run), "--out", str(out)]) == 0
     before = (out / "retina_mask.png").stat().st_mtime_ns
-    assert main([image, "--run", str(tiny_run), "--out", str(out)]) == 1
+    assert main([image, "--run", str(tiny_run), "--out", str(out)]) == 3
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "retina_mask.png").stat().st_mtime_ns == before
     assert main([image, "--run", str(tiny_run), "--out", str(out), "--overwrite"]) == 0
@@ -102,7 +109,7 @@ def test_an_earlier_summary_is_never_replaced(tiny_run, photos, tmp_path, capsys
     out = tmp_path / "out"
     assert main([str(photos / "retina.jpg"), "--run", str(tiny_run), "--out", str(out)]) == 0
     before = (out / "summary.json").read_bytes()
-    assert main([str(photos / "rgba.png"), "--run", str(tiny_run), "--out", str(out)]) == 1
+    assert main([str(photos / "rgba.png"), "--run", str(tiny_run), "--out", str(out)]) == 3
     assert "summary.json already exists" in capsys.readouterr().err
     assert (out / "summary.json").read_bytes() == before
     assert not (out / "rgba_mask.png").exists()
@@ -120,9 +127,9 @@ def test_default_output_is_a_new_folder_per_run(tiny_run, photos, tmp_path, monk
 
 def test_empty_folder_and_missing_input_are_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main([str(tmp_path / "empty")]) == 1
+    assert main([str(tmp_path / "empty")]) == 3
     assert "no image files" in capsys.readouterr().err
-    assert main([str(tmp_path / "nothing.jpg")]) == 1
+    assert main([str(tmp_path / "nothing.jpg")]) == 3
     assert "nothing.jpg" in capsys.readouterr().err
 
 
@@ -136,15 +143,20 @@ def test_full_size_hrf_image(tiny_run, hrf_dir, tmp_path):
 def test_collect_images_skips_non_images(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     (tmp_path / "b.png").write_bytes(b"")
-    assert [p.name for p in collect_images([tmp_path])] == ["b.png"]
+    found = collect_images([tmp_path])
+    assert [p.name for p in found.images] == ["b.png"]
+    assert [(p.name, reason) for p, reason in found.skipped] == [
+        ("notes.txt", "not an image file name")]
 
 
 def test_help():
     result = subprocess.run([sys.executable, "-m", "vesselseg.eval", "--help"],
                             capture_output=True, text=True)
     assert result.returncode == 0
-    for flag in ("--run", "--out", "--tta", "--threshold", "--json"):
+    for flag in ("--run", "--out", "--tta", "--threshold", "--json", "--resume", "--recursive",
+                 "--overwrite", "--quiet", "--verbose", "--version", "--batch-size"):
         assert flag in result.stdout
+    assert "exit status: 0 done; 1" in " ".join(result.stdout.split())
 
 
 def test_without_run_the_shipped_model_is_used(photos, tmp_path, capsys):
@@ -153,8 +165,11 @@ def test_without_run_the_shipped_model_is_used(photos, tmp_path, capsys):
     out = tmp_path / "out"
     assert main([str(photos / "retina.jpg"), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"] == str(PRETRAINED_DIR)
-    assert 0.02 < summary["results"][0]["vessel_density"] < 0.3  # a plausible vessel share
+    assert summary["model"]["source"] == str(PRETRAINED_DIR)
+    assert summary["model"]["version"] == "v0.7"
+    row = pd.read_csv(out / "results.csv").iloc[0]
+    assert 0.02 < row["vessel_density"] < 0.3  # a plausible vessel share
+    assert (row["model"], row["model_version"]) == ("vesselseg-pretrained", "v0.7")
 
 
 def test_working_size_runs_tiled_and_is_checked(tiny_run, photos, tmp_path, capsys):
@@ -167,7 +182,7 @@ def test_working_size_runs_tiled_and_is_checked(tiny_run, photos, tmp_path, caps
                  "--working-size", str(2 * size)]) == 0
     assert read_image(out / "retina_mask.png").shape[:2] == (300, 300)
     assert main([photo, "--run", str(tiny_run), "--out", str(tmp_path / "small"),
-                 "--working-size", str(size // 2)]) == 1
+                 "--working-size", str(size // 2)]) == 2
     assert "working_size" in capsys.readouterr().err
     assert not (tmp_path / "small").exists()
 
@@ -179,3 +194,146 @@ def test_a_threshold_outside_0_1_is_a_usage_error(threshold, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["photo.png", "--threshold", threshold])
     assert stop.value.code == 2 and "--threshold" in capsys.readouterr().err
+
+
+# -- results.csv, resume, exit codes, folders ------------------------------------------------------
+def _folder_of_photos(folder, photos, count: int):
+    folder.mkdir(parents=True, exist_ok=True)
+    data = (photos / "retina.jpg").read_bytes()
+    for index in range(count):
+        (folder / f"p{index:03d}.jpg").write_bytes(data)
+    return folder
+
+
+def test_each_row_matches_the_prediction(tiny_run, photos, tmp_path):
+    from vesselseg.inference import Segmenter
+
+    out = tmp_path / "out"
+    assert main([str(photos / "retina.jpg"), "--run", str(tiny_run), "--out", str(out)]) == 0
+    row = pd.read_csv(out / "results.csv").iloc[0]
+    prediction = Segmenter.from_run(tiny_run).predict(photos / "retina.jpg")
+    assert row["fov_area_px"] == prediction.fov.sum()
+    assert row["vessel_density"] == pytest.approx(prediction.vessel_density, rel=1e-5)
+    assert row["threshold"] == pytest.approx(prediction.threshold, rel=1e-5)
+    assert row["mask_file"] == "retina_mask.png" and row["setting"] == "plain"
+
+
+def test_exit_status_tells_all_some_or_none_done(tiny_run, photos, tmp_path):
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.png"
+    good.write_bytes((photos / "retina.jpg").read_bytes())
+    bad.write_bytes(b"not a photo")
+    run = ["--run", str(tiny_run), "--quiet"]
+    assert main([str(good), *run, "--out", str(tmp_path / "a")]) == 0
+    assert main([str(good), str(bad), *run, "--out", str(tmp_path / "b")]) == 1
+    assert main([str(bad), *run, "--out", str(tmp_path / "c")]) == 3
+    assert len(pd.read_csv(tmp_path / "c" / "results.csv")) == 1  # the failure is still a row
+    with pytest.raises(SystemExit) as usage:
+        main([str(good), "--batch-size", "0"])
+    assert usage.value.code == 2
+
+
+def test_resume_does_only_the_rest_and_cuts_a_torn_row(tiny_run, photos, tmp_path):
+    folder = _folder_of_photos(tmp_path / "in", photos, 5)
+    out = tmp_path / "out"
+    assert main([str(folder / "p000.jpg"), str(folder / "p001.jpg"), "--run", str(tiny_run),
+                 "--out", str(out), "-q"]) == 0
+    table = out / "results.csv"
+    with open(table, "a") as handle:  # a kill in the middle of the third row
+        handle.write(f"{folder / 'p002.jpg'},done,,300,30")
+    before = (out / "p000_mask.png").stat().st_mtime_ns
+    assert main([*map(str, sorted(folder.iterdir())), "--run", str(tiny_run), "--out", str(out),
+                 "--resume", "-q"]) == 0
+    rows = pd.read_csv(table)
+    assert sorted(rows["image"]) == [str(p) for p in sorted(folder.iterdir())]
+    assert (rows["status"] == "done").all() and rows["width"].notna().all()
+    assert (out / "p000_mask.png").stat().st_mtime_ns == before  # not redone
+
+
+def test_a_killed_eval_resumes_with_every_photo_once(tiny_run, photos, tmp_path):
+    """SIGKILL mid-folder: the finished rows stay, the rerun adds the rest, nothing twice and
+    no half-written file."""
+    import signal
+    import time
+
+    folder = _folder_of_photos(tmp_path / "in", photos, 40)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "vesselseg.eval", str(folder), "--run", str(tiny_run),
+               "--out", str(out), "-q", "--batch-size", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    table = out / "results.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if table.exists() and table.read_text().count("\n") >= 4:  # header + 3 rows
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "eval finished before it could be killed"
+    kept = pd.read_csv(table)
+    assert 3 <= len(kept) < 40
+    assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
+    rows = pd.read_csv(table)
+    assert sorted(rows["image"]) == [str(p) for p in sorted(folder.iterdir())]
+    assert list(rows["image"][:len(kept)]) == list(kept["image"])
+    assert not list(out.rglob("*.part")) and not list(out.rglob(".*"))
+    masks = sorted(p.name for p in out.glob("*_mask.png"))
+    assert masks == [f"p{i:03d}_mask.png" for i in range(40)]
+
+
+def test_subfolders_need_recursive_and_are_named_when_skipped(tiny_run, photos, tmp_path,
+                                                              capsys):
+    root = tmp_path / "cohort"
+    _folder_of_photos(root, photos, 1)
+    _folder_of_photos(root / "visit2", photos, 1)
+    (root / "notes.txt").write_text("not a photo")
+    out = tmp_path / "flat"
+    assert main([str(root), "--run", str(tiny_run), "--out", str(out), "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped:" in err and "visit2" in err and "notes.txt" in err
+    assert len(pd.read_csv(out / "results.csv")) == 1
+    out = tmp_path / "deep"
+    assert main([str(root), "--run", str(tiny_run), "--out", str(out), "-r", "-q"]) == 0
+    assert len(pd.read_csv(out / "results.csv")) == 2
+    assert (out / "p000_mask.png").exists() and (out / "visit2" / "p000_mask.png").exists()
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "around"])
+def test_output_folder_never_overlaps_the_input(tiny_run, photos, tmp_path, capsys, where):
+    folder = _folder_of_photos(tmp_path / "data" / "photos", photos, 1)
+    out = {"same": folder, "inside": folder / "masks", "around": tmp_path / "data"}[where]
+    before = sorted(p.name for p in folder.iterdir())
+    assert main([str(folder), "--run", str(tiny_run), "--out", str(out), "--overwrite"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_quiet_prints_nothing_but_errors(tiny_run, photos, tmp_path, capsys):
+    assert main([str(photos / "retina.jpg"), "--run", str(tiny_run), "--out",
+                 str(tmp_path / "o"), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_a_normal_run_prints_no_tensorflow_start_up_lines(photos, tmp_path):
+    """`vesselseg eval photo | grep -ci cuda` prints 0; --verbose brings TensorFlow's lines
+    back (they exist on this machine: it has no GPU, so TensorFlow reports its CUDA probe)."""
+    command = [sys.executable, "-m", "vesselseg", "eval", str(photos / "retina.jpg")]
+    quiet = subprocess.run(command + ["--out", str(tmp_path / "a")], capture_output=True,
+                           text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    printed = (quiet.stdout + quiet.stderr).lower()
+    assert "cuda" not in printed and "absl" not in printed and "vessel density" in printed
+    loud = subprocess.run(command + ["--out", str(tmp_path / "b"), "--verbose"],
+                          capture_output=True, text=True)
+    assert loud.returncode == 0
+    assert "cuda" in (loud.stdout + loud.stderr).lower()
+
+
+def test_log_file_gets_plain_lines_not_bars(tiny_run, photos, tmp_path):
+    folder = _folder_of_photos(tmp_path / "in", photos, 3)
+    result = subprocess.run([sys.executable, "-m", "vesselseg.eval", str(folder), "--run",
+                             str(tiny_run), "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr
+    assert "eval: 3/3" in result.stderr

@@ -188,7 +188,7 @@ def test_eval_cli_with_tflite_backend(tiny_run, tmp_path):
     assert main([str(image), "--run", str(run), "--backend", "tflite", "--out", str(out),
                  "--json"]) == 0
     assert (out / "photo_probability.png").exists()
-    assert json.loads((out / "summary.json").read_text())["backend"] == "tflite"
+    assert json.loads((out / "summary.json").read_text())["settings"]["backend"] == "tflite"
 
 
 def test_stale_export_is_refused(tiny_run, tmp_path):

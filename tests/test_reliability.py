@@ -95,9 +95,10 @@ def part_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".part")] if folder.exists() else []
 
 
-def failed(result: Result, *fragments: str) -> None:
-    """Exit status 1, an `error:` line, every fragment (file names, reasons) in stderr."""
-    assert result.code == 1, result
+def failed(result: Result, *fragments: str, code: int = 1) -> None:
+    """Exit status `code` (1: failed; eval: some photos failed, 3: none could be), an `error:`
+    line, every fragment (file names, reasons) in stderr."""
+    assert result.code == code, result
     assert "error:" in result.err, result.err
     assert "Traceback" not in result.err
     for fragment in fragments:
@@ -212,14 +213,14 @@ def test_bad_files_eval(tiny_run, tmp_path, capsys, earlier):
     before, kept = snapshot(source), snapshot(tmp_path / "out")
     out = tmp_path / "out"
     result = cli(capsys, eval_cli.main, source / "images", "--run", tiny_run, "--out", out)
-    failed(result, "3 of 5 image(s) failed",
+    failed(result, "3 of 5 photo(s) failed",
            *(f"{name}.png: {reason}" for name, (_, reason) in BAD_FILES.items()))
     for name in ("good1", "good2"):
         assert (out / f"{name}_overlay.png").exists()
     for name in BAD_FILES:
         assert not list(out.glob(f"{name}_*"))
-    summary = json.loads((out / "summary.json").read_text())
-    assert sum(r["error"] is not None for r in summary["results"]) == 3
+    rows = pd.read_csv(out / "results.csv")
+    assert (rows["status"] == "failed").sum() == 3
     assert not part_files(out)
     assert snapshot(source) == before
     assert all(snapshot(out)[k] == v for k, v in kept.items())
@@ -267,7 +268,7 @@ def test_decompression_bomb_eval(tiny_run, tmp_path, capsys):
     bomb_png(source / "images" / "bomb.png")
     out = tmp_path / "out"
     result = cli(capsys, eval_cli.main, source / "images", "--run", tiny_run, "--out", out)
-    failed(result, "bomb.png: refused as a decompression bomb", "1 of 2 image(s) failed")
+    failed(result, "bomb.png: refused as a decompression bomb", "1 of 2 photo(s) failed")
     assert (out / "good_mask.png").exists() and not list(out.glob("bomb_*"))
 
 
@@ -474,7 +475,7 @@ def test_folder_eval(kind, tiny_run, tmp_path, capsys):
         folder = _folder_case("no-images", tmp_path / "source") / "images"
     out = tmp_path / "out"
     result = cli(capsys, eval_cli.main, folder, "--run", tiny_run, "--out", out)
-    failed(result, EVAL_FOLDER_CASES[kind], str(folder))
+    failed(result, EVAL_FOLDER_CASES[kind], str(folder), code=3)
     assert not out.exists()
 
 
@@ -599,10 +600,11 @@ def test_unwritable_output_eval(kind, tiny_run, tmp_path, monkeypatch, capsys):
     out = _unwritable(kind, monkeypatch, tmp_path, tmp_path / "out",
                       only="_overlay" if kind == "disk-full" else "")
     result = cli(capsys, eval_cli.main, source / "images", "--run", tiny_run, "--out", out)
-    failed(result, UNWRITABLE[kind], str(out))
+    failed(result, UNWRITABLE[kind], str(out), code=3)
     if kind == "disk-full":  # the photos' other outputs were removed: all three or none
-        assert "cannot write outputs" in result.err and "2 of 2 image(s) failed" in result.err
-        assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+        assert "cannot write outputs" in result.err and "none of the 2 photo(s)" in result.err
+        assert sorted(p.name for p in out.iterdir()) == ["results.csv", "summary.json"]
+        assert list(pd.read_csv(out / "results.csv")["status"]) == ["failed", "failed"]
     elif kind == "permission-denied":
         assert "summary.json" in result.err
         assert not out.exists()
@@ -819,7 +821,7 @@ def test_model_with_code_eval(run_with_code, tmp_path, capsys):
     source = make_source(tmp_path / "source", ["a"])
     out = tmp_path / "out"
     result = cli(capsys, eval_cli.main, source / "images", "--run", run_with_code, "--out", out)
-    failed(result, str(run_with_code / "best.keras"), "safe mode", "contains code")
+    failed(result, str(run_with_code / "best.keras"), "safe mode", "contains code", code=3)
     assert len(result.err.splitlines()) == 1
     assert not out.exists()
 

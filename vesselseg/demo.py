@@ -52,7 +52,7 @@ def run_demo(out: str | Path, epochs: int = 6, size: int = 256, images: int = 16
         eval_segmenter, label = segmenter, "demo model (no pretrained model shipped yet)"
         photos.append(retina)
     eval_out = new_folder(out / "eval", "eval")
-    results = segment_images(eval_segmenter, photos, eval_out, progress=False)
+    results = segment_images(eval_segmenter, photos, eval_out)
     for r in results:
         print(f"    {r.path.name}: vessel density {100 * (r.vessel_density or 0):.2f} % "
               f"({label}) -> {r.outputs.get('overlay')}")

@@ -1,21 +1,24 @@
 """`vesselseg eval IMAGE_OR_FOLDER ...`: segment photos, no annotation needed.
 
-For each photo: <name>_probability.png, <name>_mask.png and <name>_overlay.png (at the photo's
-native size), and its vessel density printed. Any size; JPEG, PNG, TIFF, GIF, PPM, BMP; grayscale,
-RGBA and 16-bit are converted. A broken file is reported and skipped; the exit status is non-zero
-when any file failed.
+Per photo: <name>_probability.png, <name>_mask.png and <name>_overlay.png at the photo's native
+size, and one row of results.csv (size, FOV area, vessel density, model, setting, threshold,
+status), written the moment that photo is done, so a killed run keeps its finished rows and
+`--resume` does only the rest. summary.json records vesselseg's and the model's versions and the
+settings. Any size; JPEG, PNG, TIFF, GIF, PPM, BMP; grayscale, RGBA and 16-bit are converted. A
+broken file is a failed row, not a failed run.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-
-from tqdm import tqdm
 
 from .cli import (
     add_inference_arguments,
@@ -27,10 +30,21 @@ from .cli import (
 from .errors import DatasetError, VesselsegError
 from .inference import Prediction, Segmenter
 from .io import is_image_file, read_image, write_png, write_text_atomic
-from .outputs import new_folder, write_probability
+from .outputs import new_folder, refuse_overlap, write_probability
 from .plots import overlay
+from .results import ResultsFile
 
 OUTPUT_KINDS = ("probability", "mask", "overlay")
+#: results.csv, one row per photo (NaN / failed rows leave measurement cells empty).
+COLUMNS = ("image", "status", "error", "width", "height", "fov_area_px", "vessel_density",
+           "mask_file", "model", "model_version", "setting", "threshold")
+RESULTS, SUMMARY = "results.csv", "summary.json"
+
+
+class NothingProcessed(VesselsegError):
+    """Not a single photo could be segmented."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -39,65 +53,150 @@ class EvalResult:
     outputs: dict[str, Path]
     vessel_density: float | None
     error: str | None = None
+    row: dict = field(default_factory=dict)
 
 
-def collect_images(inputs: list[str | Path]) -> list[Path]:
-    """Files given directly, plus the image files inside given folders (sorted, not recursive)."""
-    found: list[Path] = []
+@dataclass
+class Inputs:
+    """The photos to segment, and the files that were passed over (named, never silent)."""
+
+    images: list[Path]
+    skipped: list[tuple[Path, str]]
+    roots: dict[Path, Path]  # photo -> the folder it was found in (outputs mirror subfolders)
+
+
+def collect_images(inputs: list[str | Path], recursive: bool = False) -> Inputs:
+    """Files given directly, plus the image files inside given folders (sorted; subfolders
+    only with `recursive`). Everything passed over is listed with the reason."""
+    images: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    roots: dict[Path, Path] = {}
     for entry in map(Path, inputs):
         if entry.is_dir():
-            images = sorted(p for p in entry.iterdir() if p.is_file() and is_image_file(p))
-            if not images:
-                raise DatasetError(f"{entry}: folder contains no image files")
-            found.extend(images)
+            found = _images_in(entry, recursive, skipped)
+            if not found:
+                raise DatasetError(f"{entry}: folder contains no image files"
+                                   + ("" if recursive else " (subfolders need --recursive)"))
+            images.extend(found)
+            roots.update({image: entry for image in found})
         elif entry.exists():
-            found.append(entry)
+            images.append(entry)
         else:
             raise DatasetError(f"{entry}: no such file or folder")
-    if not found:
+    if not images:
         raise DatasetError("no input images given")
+    return Inputs(images, skipped, roots)
+
+
+def _images_in(folder: Path, recursive: bool, skipped: list[tuple[Path, str]]) -> list[Path]:
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.is_dir():
+            if recursive and not path.is_symlink():
+                found.extend(_images_in(path, recursive, skipped))
+            elif not recursive:
+                skipped.append((path, "a subfolder (use --recursive)"))
+            else:
+                skipped.append((path, "a linked folder (not followed)"))
+        elif not path.exists():
+            skipped.append((path, "a broken link"))
+        elif path.name.startswith("."):
+            continue  # hidden files (.DS_Store and the like) are not photos
+        elif is_image_file(path):
+            found.append(path)
+        else:
+            skipped.append((path, "not an image file name"))
     return found
 
 
-def output_names(images: list[Path], out: Path) -> dict[Path, dict[str, Path]]:
-    """Output paths per photo; photos sharing a stem get a numeric suffix instead of clashing."""
-    used: set[str] = set()
+def output_names(inputs: Inputs | list[Path], out: Path) -> dict[Path, dict[str, Path]]:
+    """Output paths per photo, mirroring subfolders of a recursive search; photos sharing a
+    stem get a numeric suffix instead of clashing."""
+    if not isinstance(inputs, Inputs):
+        inputs = Inputs(list(inputs), [], {})
+    used: set[Path] = set()
     names: dict[Path, dict[str, Path]] = {}
-    for image in images:
+    for image in inputs.images:
+        root = inputs.roots.get(image)
+        folder = out / image.parent.relative_to(root) if root is not None else out
         stem = image.name[:-3] if image.name.lower().endswith(".gz") else image.name
         stem = Path(stem).stem
-        candidate, counter = stem, 1
+        candidate, counter = folder / stem, 1
         while candidate in used:
             counter += 1
-            candidate = f"{stem}-{counter}"
+            candidate = folder / f"{stem}-{counter}"
         used.add(candidate)
-        names[image] = {kind: out / f"{candidate}_{kind}.png" for kind in OUTPUT_KINDS}
+        names[image] = {kind: candidate.with_name(f"{candidate.name}_{kind}.png")
+                        for kind in OUTPUT_KINDS}
     return names
 
 
-def _write(outputs: dict[str, Path], image, prediction: Prediction) -> None:
+def _write_outputs(outputs: dict[str, Path], image, prediction: Prediction) -> None:
+    """All three outputs of a photo, or none of them."""
     try:
         write_probability(outputs["probability"], prediction.probability)
         write_png(outputs["mask"], prediction.mask)
         write_png(outputs["overlay"], overlay(image, prediction.mask))
     except BaseException:
-        for path in outputs.values():  # all three outputs of a photo, or none of them
+        for path in outputs.values():
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
         raise
 
 
-def segment_images(segmenter: Segmenter, images: list[Path], out: str | Path,
-                   overwrite: bool = False, progress: bool = True) -> list[EvalResult]:
-    """Segment every photo into `out`; failures are returned per photo, never raised."""
+def remove_unfinished_files(out: Path) -> int:
+    """Delete the temporary files a killed eval left in `out` (io.atomic_path's
+    .<name>.<random>.part for outputs eval writes); returns how many."""
+    names = tuple(f"_{kind}.png" for kind in OUTPUT_KINDS) + (RESULTS, SUMMARY)
+    removed = 0
+    for part in out.rglob(".*.part"):
+        target = part.name[1:-len(".part")].rsplit(".", 1)[0]  # .a_mask.png.x1y2.part
+        if target.endswith(names):
+            part.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def result_row(path: Path, segmenter: Segmenter, prediction: Prediction | None = None,
+               mask_file: str = "", error: str | None = None) -> dict:
+    """The results.csv row of one photo (a failed photo keeps its path, status and error)."""
+    row = dict.fromkeys(COLUMNS)
+    row.update(image=str(path), status="failed" if error else "done", error=error or "",
+               model=segmenter.model_name, model_version=segmenter.model_version,
+               setting=segmenter.setting or "plain", threshold=segmenter.threshold)
+    if prediction is not None:
+        height, width = prediction.mask.shape
+        row.update(width=width, height=height, fov_area_px=int(prediction.fov.sum()),
+                   vessel_density=prediction.vessel_density, mask_file=mask_file)
+    return row
+
+
+def segment_images(segmenter: Segmenter, inputs: Inputs | list[Path], out: str | Path,
+                   overwrite: bool = False, resume: bool = False, quiet: bool = True,
+                   on_result=None) -> list[EvalResult]:
+    """Segment every photo into `out` with a row of `out`/results.csv each, written as soon as
+    the photo is done; failures are rows, never raised. With `resume`, photos that already
+    have a row are skipped. `on_result(EvalResult)` is called as each photo finishes."""
+    from .console import progress
+
     out = Path(out)
-    names = output_names(images, out)
-    if not overwrite:
+    if not isinstance(inputs, Inputs):
+        inputs = Inputs(list(inputs), [], {})
+    names = output_names(inputs, out)
+    table = ResultsFile(out / RESULTS, COLUMNS, key="image")
+    if table.path.exists() and not (overwrite or resume):
+        raise VesselsegError(f"{table.path} already exists (an earlier eval); pass --resume to "
+                             f"finish it, --overwrite to replace it, or choose another --out")
+    if not (overwrite or resume):
         existing = [p for paths in names.values() for p in paths.values() if p.exists()]
         if existing:
             raise VesselsegError(f"{existing[0]} already exists ({len(existing)} output files "
                                  f"would be replaced); pass --overwrite or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        remove_unfinished_files(out)
+    done = table.start(resume)
+    todo = [image for image in inputs.images if str(image) not in done]
     photos: dict[Path, object] = {}
 
     def load(path: Path):
@@ -105,24 +204,37 @@ def segment_images(segmenter: Segmenter, images: list[Path], out: str | Path,
         photos[path] = image
         return image, None
 
-    results: list[EvalResult] = []
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        jobs = []
-        for path, prediction in tqdm(segmenter.predict_many(images, load), total=len(images),
-                                     desc="eval", unit="img", disable=not progress):
-            if isinstance(prediction, Exception):
-                results.append(EvalResult(path, {}, None, str(prediction)))
-                continue
-            image = photos.pop(path)
-            jobs.append((len(results), writer.submit(_write, names[path], image, prediction)))
-            results.append(EvalResult(path, names[path], prediction.vessel_density))
-        for index, job in jobs:
+    def finish(path: Path, image, prediction) -> EvalResult:
+        if isinstance(prediction, Exception):
+            result = EvalResult(path, {}, None, str(prediction))
+        else:
             try:
-                job.result()
+                _write_outputs(names[path], image, prediction)
+                mask_file = os.path.relpath(names[path]["mask"], out)
+                result = EvalResult(path, names[path], prediction.vessel_density)
             except OSError as exc:
-                results[index] = EvalResult(results[index].path, {}, None,
-                                            f"{results[index].path}: cannot write outputs "
-                                            f"({describe_os_error(exc)})")
+                result = EvalResult(path, {}, None, f"{path}: cannot write outputs "
+                                                    f"({describe_os_error(exc)})")
+                prediction, mask_file = None, ""
+        error = result.error
+        result.row = result_row(path, segmenter, None if error else prediction,
+                                "" if error else mask_file, error)
+        table.append(result.row)
+        if on_result is not None:
+            on_result(result)
+        return result
+
+    results: list[EvalResult] = []
+    stream = segmenter.predict_many(todo, load)
+    with ThreadPoolExecutor(max_workers=1) as writer:  # rows stay in input order
+        jobs: list[Future] = []
+        for path, prediction in progress(stream, total=len(todo), desc="eval", quiet=quiet):
+            jobs.append(writer.submit(finish, path, photos.pop(path, None), prediction))
+            while sum(not job.done() for job in jobs) > 2:  # bounded: predictions are large
+                time.sleep(0.005)
+            results.extend(job.result() for job in jobs if job.done())
+            jobs = [job for job in jobs if not job.done()]
+        results.extend(job.result() for job in jobs)
     return results
 
 
@@ -130,59 +242,132 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vesselseg eval",
         description="Segment the vessels of fundus photos (files or folders). Writes a "
-                    "probability map, a binary mask and an overlay per photo, at native size.")
+                    "probability map, a binary mask and an overlay per photo at native size, "
+                    "and results.csv (one row per photo, written as it finishes) and "
+                    "summary.json (versions and settings) in --out.")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     add_run_argument(parser)
     parser.add_argument("--out", help="output folder (default: a new folder in artifacts/eval/; "
                                       "an earlier result there is never replaced without "
                                       "--overwrite)")
+    parser.add_argument("-r", "--recursive", action="store_true",
+                        help="also segment the photos in subfolders (outputs mirror them)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted eval in --out: photos that already have a "
+                             "row in results.csv are skipped")
     add_inference_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--batch-size", type=_positive, metavar="N",
+                        help="photos per model call (default: 4)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the results as JSON (a list of rows) at the end")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the outputs and results.csv of an earlier eval in --out")
     return parser
 
 
-def _main(args: argparse.Namespace) -> int:
-    images = collect_images(args.inputs)
-    segmenter = segmenter_from_args(args)
-    out_existed = bool(args.out) and Path(args.out).exists()
-    out = Path(args.out) if args.out else new_folder("artifacts/eval", "eval")
-    summary = out / "summary.json"
-    if summary.exists() and not args.overwrite:
-        raise VesselsegError(f"{summary} already exists (an earlier eval); pass --overwrite or "
-                             f"choose another --out")
-    results = segment_images(segmenter, images, out, overwrite=args.overwrite,
-                             progress=not args.json)
-    failures = [r for r in results if r.error]
-    if args.json:
-        print(json.dumps([{"image": str(r.path), "vessel_density": r.vessel_density,
-                           "outputs": {k: str(v) for k, v in r.outputs.items()},
-                           "error": r.error} for r in results], indent=2))
-    else:
-        for r in results:
-            if not r.error:
-                print(f"{r.path}: vessel density {100 * r.vessel_density:.2f} % of the FOV -> "
-                      f"{r.outputs['overlay']}")
-    for r in failures:
-        print(f"error: {r.error}", file=sys.stderr)
+def _positive(text: str) -> int:
     try:
-        write_text_atomic(summary, json.dumps(
-            {"model": segmenter.source, "backend": segmenter.backend,
-             "threshold": segmenter.threshold,
-             "threshold_source": segmenter.threshold_source, "tta": segmenter.tta,
-             "scales": list(segmenter.scales),
-             "compute_precision": segmenter.compute_precision,
-             "working_size": segmenter.working_size,
-             "results": [{"image": str(r.path), "vessel_density": r.vessel_density,
-                          "error": r.error} for r in results]}, indent=2) + "\n")
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def summary_record(segmenter: Segmenter, inputs: Inputs, state: str,
+                   results: list[EvalResult] | None = None, started: str = "") -> dict:
+    from . import __version__
+
+    record = {
+        "vesselseg_version": __version__,
+        "state": state,
+        "started": started,
+        "model": {"name": segmenter.model_name, "version": segmenter.model_version,
+                  "source": segmenter.source},
+        "settings": {"backend": segmenter.backend, "setting": segmenter.setting or "plain",
+                     "threshold": segmenter.threshold,
+                     "threshold_source": segmenter.threshold_source, "tta": segmenter.tta,
+                     "scales": list(segmenter.scales),
+                     "compute_precision": segmenter.compute_precision,
+                     "working_size": segmenter.working_size,
+                     "batch_size": segmenter.batch_size},
+        "results_file": RESULTS,
+        "skipped_files": [{"path": str(path), "reason": reason}
+                          for path, reason in inputs.skipped],
+    }
+    if results is not None:
+        record["finished"] = datetime.now(timezone.utc).isoformat()
+        record["photos"] = {"this_run": len(results),
+                            "failed": sum(1 for r in results if r.error)}
+    return record
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        return _eval(args)
+    except VesselsegError as exc:
+        if exc.exit_code == 1:  # stopped before any photo was done: nothing processed
+            exc.exit_code = NothingProcessed.exit_code
+        raise
+    except OSError as exc:  # the output cannot be written at all
+        raise NothingProcessed(describe_os_error(exc)) from exc
+
+
+def _eval(args: argparse.Namespace) -> int:
+    inputs = collect_images(args.inputs, recursive=args.recursive)
+    if args.resume and not args.out:
+        raise VesselsegError("--resume needs the --out folder of the eval to continue")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        refuse_overlap(out, [Path(p) for p in args.inputs if Path(p).is_dir()], "input folder")
+    for path, reason in inputs.skipped:
+        if not args.quiet:
+            print(f"skipped: {path} ({reason})", file=sys.stderr)
+    segmenter = segmenter_from_args(args)
+    if args.batch_size:
+        segmenter.batch_size = args.batch_size
+    if out is None:
+        out = new_folder("artifacts/eval", "eval")
+    started = datetime.now(timezone.utc).isoformat()
+    if (out / SUMMARY).exists() and not (args.overwrite or args.resume):
+        raise VesselsegError(f"{out / SUMMARY} already exists (an earlier eval); pass --resume "
+                             f"to finish it, --overwrite to replace it, or choose another --out")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        write_text_atomic(out / SUMMARY, json.dumps(
+            summary_record(segmenter, inputs, "running", started=started), indent=2) + "\n")
     except OSError:
-        if not out_existed:  # nothing could be written: leave no empty output folder behind
+        if created:  # nothing could be written: leave no empty output folder behind
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
+
+    def report(result: EvalResult) -> None:
+        if result.error:
+            print(f"error: {result.error}", file=sys.stderr, flush=True)
+        elif not (args.quiet or args.json):
+            print(f"{result.path}: vessel density {100 * result.vessel_density:.2f} % of the "
+                  f"FOV -> {result.outputs['overlay']}", flush=True)
+
+    results = segment_images(segmenter, inputs, out, overwrite=args.overwrite,
+                             resume=args.resume, quiet=args.quiet or args.json,
+                             on_result=report)
+    write_text_atomic(out / SUMMARY, json.dumps(
+        summary_record(segmenter, inputs, "finished", results, started), indent=2) + "\n")
+    if args.json:
+        print(json.dumps([r.row for r in results], indent=2))
+    failures = [r for r in results if r.error]
+    if results and len(failures) == len(results):
+        raise NothingProcessed(f"none of the {len(results)} photo(s) could be segmented "
+                               f"(rows in {out / RESULTS})")
     if failures:
-        print(f"error: {len(failures)} of {len(results)} image(s) failed", file=sys.stderr)
+        print(f"error: {len(failures)} of {len(results)} photo(s) failed (rows in "
+              f"{out / RESULTS})", file=sys.stderr)
         return 1
+    if not args.quiet and not args.json:
+        print(f"results: {out / RESULTS}", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,7 @@ and maps probabilities back onto the photo's native pixel grid.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import queue
 import threading
@@ -110,6 +111,9 @@ class Segmenter:
         self.tile_overlap = tile_overlap
         self.batch_size = batch_size
         self.source = source
+        #: For the record (eval's results.csv, summary.json): the run's name and version
+        #: (the shipped model's release, else the run's settings fingerprint).
+        self.model_name, self.model_version = "", ""
         self.scales = tuple(float(x) for x in scales)
         #: Where the threshold came from: "validation" (chosen on validation images for this
         #: very setting), "validation, plain setting" (a TTA / multi-scale setting without a
@@ -172,6 +176,9 @@ class Segmenter:
         segmenter = cls(model, config.preprocess, threshold=threshold, source=str(folder),
                         runner=runner, backend=backend, depth=config.depth, **kwargs)
         segmenter.threshold_source = source
+        status = folder.status()
+        segmenter.model_name = status.get("model_name") or folder.path.name
+        segmenter.model_version = status.get("model_version") or status.get("fingerprint", "")
         return segmenter
 
     @classmethod
@@ -279,10 +286,14 @@ class Segmenter:
         return Prediction(native, (native >= self.threshold) & fov, fov, self.threshold)
 
     def predict_many(self, items: Iterable, load: Callable[[object], tuple],
-                     workers: int = 2, prefetch: int = 8) -> Iterator[tuple[object, object]]:
+                     workers: int = 2, prefetch: int = 4) -> Iterator[tuple[object, object]]:
         """Yield (item, Prediction or VesselsegError) in order. Reading and preparing the next
         photos runs in threads while the model works on the current batch (multi-scale: one
-        photo at a time, each prepared at every scale)."""
+        photo at a time, each prepared at every scale).
+
+        At most `prefetch` prepared photos wait, plus `workers` being read, whatever the number
+        of items: memory stays bounded on a folder of 100,000 photos. A photo that cannot be
+        read or prepared, out of memory included, is that photo's error, never a hang."""
         multiscale = self.scales != (1.0,)
 
         def prepare(item):
@@ -293,45 +304,73 @@ class Segmenter:
                 return item, (image, *self.prepare(image, fov))
             except VesselsegError as exc:
                 return item, exc
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, TypeError) as exc:
                 return item, VesselsegError(f"{item}: {exc}")
+            except MemoryError:
+                return item, VesselsegError(f"{item}: not enough memory to read and prepare "
+                                            f"this photo")
 
         ready: queue.Queue = queue.Queue(maxsize=prefetch)
-        done = object()
+        done, stop = object(), threading.Event()
+
+        def put(entry) -> None:
+            while not stop.is_set():
+                try:
+                    ready.put(entry, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
 
         def producer():
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for result in pool.map(prepare, items):
-                    ready.put(result)
-            ready.put(done)
+            try:
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    window: collections.deque = collections.deque()
+                    for item in items:
+                        if stop.is_set():
+                            break
+                        window.append(pool.submit(prepare, item))
+                        if len(window) > workers:
+                            put(window.popleft().result())
+                    while window and not stop.is_set():
+                        put(window.popleft().result())
+            except BaseException as exc:  # noqa: BLE001 - reported to the consumer, never lost
+                put(exc)
+            finally:
+                put(done)
 
         thread = threading.Thread(target=producer, daemon=True)
         thread.start()
         pending: list = []
         finished = False
-        while not finished:
-            entry = ready.get()
-            if entry is done:
-                finished = True
-            elif multiscale:
-                item, payload = entry
-                yield item, payload if isinstance(payload, Exception) else self.predict(*payload)
-                continue
-            else:
-                pending.append(entry)
-            good = [p for p in pending if not isinstance(p[1], Exception)]
-            if pending and (finished or len(good) >= self.batch_size or ready.empty()):
-                if good:
-                    batch = np.stack([p[1][1] for p in good])
-                    outputs = iter(self.predict_prepared(batch))
-                for item, payload in pending:
-                    if isinstance(payload, Exception):
-                        yield item, payload
-                    else:
-                        _, _, fov, box = payload
-                        yield item, self.finish(next(outputs), fov, box)
-                pending = []
-        thread.join()
+        try:
+            while not finished:
+                entry = ready.get()
+                if entry is done:
+                    finished = True
+                elif isinstance(entry, BaseException):
+                    raise entry
+                elif multiscale:
+                    item, payload = entry
+                    yield item, (payload if isinstance(payload, Exception)
+                                 else self.predict(*payload))
+                    continue
+                else:
+                    pending.append(entry)
+                good = [p for p in pending if not isinstance(p[1], Exception)]
+                if pending and (finished or len(good) >= self.batch_size or ready.empty()):
+                    if good:
+                        batch = np.stack([p[1][1] for p in good])
+                        outputs = iter(self.predict_prepared(batch))
+                    for item, payload in pending:
+                        if isinstance(payload, Exception):
+                            yield item, payload
+                        else:
+                            _, _, fov, box = payload
+                            yield item, self.finish(next(outputs), fov, box)
+                    pending = []
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
 
 def resolve_inference_precision(precision: str | None, backend: str = "keras") -> str | None:

@@ -8,6 +8,7 @@ trained at 512x512 run on any size that is a multiple of 2**depth.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -61,6 +62,36 @@ class FusedBatchNormalization(layers.BatchNormalization):
             moving.assign(moving * self.momentum
                           + tf.cast(batch, moving.dtype) * (1.0 - self.momentum))
         return outputs
+
+
+def portable_model(model: keras.Model) -> keras.Model:
+    """The same model (same weights, same function) built from Keras's own layers only, so its
+    file loads with plain `keras.saving.load_model`, without importing vesselseg: the fused
+    batch norm above is a training-speed detail, not part of the model."""
+
+    def clone(layer):
+        kind = (layers.BatchNormalization if isinstance(layer, FusedBatchNormalization)
+                else type(layer))
+        return kind.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def save_portable(model: keras.Model, path: str | Path) -> Path:
+    """Save `portable_model(model)` (no optimizer state) atomically: a temporary .keras file
+    beside `path`, then renamed over it."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.part.keras")
+    try:
+        portable_model(model).save(tmp, include_optimizer=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _conv_block(x, filters: int, batch_norm: bool, dropout: float, name: str):

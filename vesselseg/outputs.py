@@ -24,6 +24,22 @@ def new_folder(parent: str | Path, name: str) -> Path:
             folder = base.with_name(f"{base.name}-{counter}")
 
 
+def refuse_overlap(out: str | Path, inputs: list[str | Path], what: str = "input") -> None:
+    """An output folder that is, lies inside, or contains an input folder would mix results
+    with the data (or replace it): refused, naming both."""
+    from .errors import ConfigError
+
+    target = Path(out).resolve()
+    for source in inputs:
+        source_path = Path(source).resolve()
+        if target == source_path or source_path in target.parents:
+            raise ConfigError(f"--out {out} is inside the {what} {source}: outputs would mix "
+                              f"with (or replace) the data; choose a folder outside it")
+        if target in source_path.parents:
+            raise ConfigError(f"--out {out} contains the {what} {source}: choose a folder "
+                              f"that does not hold the data")
+
+
 def probability_png(probability: np.ndarray) -> np.ndarray:
     """8-bit gray image of a probability map (0..255)."""
     return np.clip(np.rint(probability * 255.0), 0, 255).astype(np.uint8)
