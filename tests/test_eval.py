@@ -337,3 +337,26 @@ def test_log_file_gets_plain_lines_not_bars(tiny_run, photos, tmp_path):
     assert result.returncode == 0
     assert "\r" not in result.stderr and "\x1b" not in result.stderr
     assert "eval: 3/3" in result.stderr
+
+
+def test_rows_carry_the_vessel_measurements(tiny_run, photos, tmp_path):
+    from vesselseg.inference import Segmenter
+    from vesselseg.morphology import measure
+
+    out = tmp_path / "out"
+    assert main([str(photos / "retina.jpg"), "--run", str(tiny_run), "--out", str(out), "-q",
+                 "--pixel-size-um", "12.5", "--figure", "width"]) == 0
+    row = pd.read_csv(out / "results.csv", keep_default_na=False).iloc[0]
+    prediction = Segmenter.from_run(tiny_run).predict(photos / "retina.jpg")
+    expected = measure(prediction.mask, prediction.fov, 12.5)
+    for column in ("fd_mask", "width_median_px", "width_median_um", "segments",
+                   "tortuosity_dm", "length_density_norm"):
+        if expected[column] == expected[column]:  # not NaN
+            assert float(row[column]) == pytest.approx(expected[column], rel=1e-4), column
+        else:
+            assert row[column] == "" and row["morphology_reason"] == expected["reason"]
+    assert (out / "retina_width.png").exists()
+    plain = tmp_path / "plain"
+    assert main([str(photos / "retina.jpg"), "--run", str(tiny_run), "--out", str(plain), "-q",
+                 "--no-morphology"]) == 0
+    assert "fd_mask" not in pd.read_csv(plain / "results.csv").columns

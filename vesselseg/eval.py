@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,14 +31,27 @@ from .cli import (
 from .errors import DatasetError, VesselsegError
 from .inference import Prediction, Segmenter
 from .io import is_image_file, read_image, write_png, write_text_atomic
+from .morphology import COLOUR_BY, save_centreline_figure
 from .outputs import new_folder, refuse_overlap, write_probability
 from .plots import overlay
 from .results import ResultsFile
 
 OUTPUT_KINDS = ("probability", "mask", "overlay")
-#: results.csv, one row per photo (NaN / failed rows leave measurement cells empty).
-COLUMNS = ("image", "status", "error", "width", "height", "fov_area_px", "vessel_density",
-           "mask_file", "model", "model_version", "setting", "threshold")
+#: results.csv, one row per photo: the photo and its outcome, the model, then the vessel
+#: measurements (`morphology.COLUMNS`; `morphology_reason` says why values are empty).
+BASE_COLUMNS = ("image", "status", "error", "width", "height", "fov_area_px", "vessel_density",
+                "mask_file", "model", "model_version", "setting", "threshold")
+
+
+def morphology_columns() -> tuple[str, ...]:
+    from .morphology import COLUMNS as MEASURED
+
+    return tuple("morphology_reason" if name == "reason" else name
+                 for name in MEASURED if name not in BASE_COLUMNS)
+
+
+def result_columns(morphology: bool = True) -> tuple[str, ...]:
+    return BASE_COLUMNS + (morphology_columns() if morphology else ())
 RESULTS, SUMMARY = "results.csv", "summary.json"
 
 
@@ -158,9 +172,10 @@ def remove_unfinished_files(out: Path) -> int:
 
 
 def result_row(path: Path, segmenter: Segmenter, prediction: Prediction | None = None,
-               mask_file: str = "", error: str | None = None) -> dict:
+               mask_file: str = "", error: str | None = None,
+               measurements: dict | None = None) -> dict:
     """The results.csv row of one photo (a failed photo keeps its path, status and error)."""
-    row = dict.fromkeys(COLUMNS)
+    row = dict.fromkeys(BASE_COLUMNS)
     row.update(image=str(path), status="failed" if error else "done", error=error or "",
                model=segmenter.model_name, model_version=segmenter.model_version,
                setting=segmenter.setting or "plain", threshold=segmenter.threshold)
@@ -168,12 +183,36 @@ def result_row(path: Path, segmenter: Segmenter, prediction: Prediction | None =
         height, width = prediction.mask.shape
         row.update(width=width, height=height, fov_area_px=int(prediction.fov.sum()),
                    vessel_density=prediction.vessel_density, mask_file=mask_file)
+    if measurements is not None:
+        row.update({"morphology_reason" if key == "reason" else key: value
+                    for key, value in measurements.items() if key not in BASE_COLUMNS})
     return row
+
+
+def _measure(prediction: Prediction, pixel_size_um: float | None) -> dict:
+    """The photo's measurements; a failure of the measuring itself empties them with the
+    reason, and the photo keeps its row and masks."""
+    try:
+        return prediction.morphology(pixel_size_um)
+    except (ValueError, MemoryError, RuntimeError) as exc:
+        return {"reason": f"measurement failed: {type(exc).__name__}: {exc}"}
+
+
+@dataclass(frozen=True)
+class MorphologyOptions:
+    """What eval measures besides vessel density: `enabled` adds the morphology columns;
+    `pixel_size_um` fills their micrometre versions; `figure` ("width" / "tortuosity")
+    draws each photo's centreline coloured by it."""
+
+    enabled: bool = True
+    pixel_size_um: float | None = None
+    figure: str | None = None
 
 
 def segment_images(segmenter: Segmenter, inputs: Inputs | list[Path], out: str | Path,
                    overwrite: bool = False, resume: bool = False, quiet: bool = True,
-                   on_result=None) -> list[EvalResult]:
+                   on_result=None, morphology: MorphologyOptions = MorphologyOptions()
+                   ) -> list[EvalResult]:
     """Segment every photo into `out` with a row of `out`/results.csv each, written as soon as
     the photo is done; failures are rows, never raised. With `resume`, photos that already
     have a row are skipped. `on_result(EvalResult)` is called as each photo finishes."""
@@ -183,7 +222,7 @@ def segment_images(segmenter: Segmenter, inputs: Inputs | list[Path], out: str |
     if not isinstance(inputs, Inputs):
         inputs = Inputs(list(inputs), [], {})
     names = output_names(inputs, out)
-    table = ResultsFile(out / RESULTS, COLUMNS, key="image")
+    table = ResultsFile(out / RESULTS, result_columns(morphology.enabled), key="image")
     if table.path.exists() and not (overwrite or resume):
         raise VesselsegError(f"{table.path} already exists (an earlier eval); pass --resume to "
                              f"finish it, --overwrite to replace it, or choose another --out")
@@ -205,6 +244,7 @@ def segment_images(segmenter: Segmenter, inputs: Inputs | list[Path], out: str |
         return image, None
 
     def finish(path: Path, image, prediction) -> EvalResult:
+        measurements = None
         if isinstance(prediction, Exception):
             result = EvalResult(path, {}, None, str(prediction))
         else:
@@ -212,18 +252,34 @@ def segment_images(segmenter: Segmenter, inputs: Inputs | list[Path], out: str |
                 _write_outputs(names[path], image, prediction)
                 mask_file = os.path.relpath(names[path]["mask"], out)
                 result = EvalResult(path, names[path], prediction.vessel_density)
+                if morphology.enabled:
+                    measurements = _measure(prediction, morphology.pixel_size_um)
+                if morphology.figure:
+                    figure = names[path]["mask"].with_name(
+                        names[path]["mask"].name.replace("_mask.png",
+                                                         f"_{morphology.figure}.png"))
+                    save_centreline_figure(figure, image, prediction.mask, prediction.fov,
+                                           morphology.figure, morphology.pixel_size_um,
+                                           title=path.name)
+                    result.outputs = {**result.outputs, morphology.figure: figure}
             except OSError as exc:
                 result = EvalResult(path, {}, None, f"{path}: cannot write outputs "
                                                     f"({describe_os_error(exc)})")
                 prediction, mask_file = None, ""
         error = result.error
         result.row = result_row(path, segmenter, None if error else prediction,
-                                "" if error else mask_file, error)
+                                "" if error else mask_file, error,
+                                measurements if morphology.enabled and not error else None)
+        result.row = {column: result.row.get(column) for column in table.columns}
         table.append(result.row)
         if on_result is not None:
             on_result(result)
         return result
 
+    if morphology.enabled and todo:  # numba compiles skan's code while the model starts
+        from .morphology import warm_up
+
+        threading.Thread(target=warm_up, daemon=True).start()
     results: list[EvalResult] = []
     stream = segmenter.predict_many(todo, load)
     with ThreadPoolExecutor(max_workers=1) as writer:  # rows stay in input order
@@ -256,6 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue an interrupted eval in --out: photos that already have a "
                              "row in results.csv are skipped")
     add_inference_arguments(parser)
+    parser.add_argument("--pixel-size-um", type=_positive_float, metavar="UM",
+                        help="the side of one pixel on the retina in micrometres, for the _um "
+                             "measurement columns (empty without it); the _norm columns compare "
+                             "cameras without it")
+    parser.add_argument("--no-morphology", action="store_true",
+                        help="only vessel density: skip the vessel measurements (widths, "
+                             "fractal dimension, graph, tortuosity; docs/morphology.md)")
+    parser.add_argument("--figure", choices=COLOUR_BY,
+                        help="also draw each photo's centreline coloured by vessel width or "
+                             "tortuosity (<name>_width.png / <name>_tortuosity.png)")
     parser.add_argument("--batch-size", type=_positive, metavar="N",
                         help="photos per model call (default: 4)")
     parser.add_argument("--json", action="store_true",
@@ -275,8 +341,21 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
 def summary_record(segmenter: Segmenter, inputs: Inputs, state: str,
-                   results: list[EvalResult] | None = None, started: str = "") -> dict:
+                   results: list[EvalResult] | None = None, started: str = "",
+                   morphology: MorphologyOptions = MorphologyOptions()) -> dict:
     from . import __version__
 
     record = {
@@ -291,7 +370,9 @@ def summary_record(segmenter: Segmenter, inputs: Inputs, state: str,
                      "scales": list(segmenter.scales),
                      "compute_precision": segmenter.compute_precision,
                      "working_size": segmenter.working_size,
-                     "batch_size": segmenter.batch_size},
+                     "batch_size": segmenter.batch_size,
+                     "morphology": morphology.enabled,
+                     "pixel_size_um": morphology.pixel_size_um},
         "results_file": RESULTS,
         "skipped_files": [{"path": str(path), "reason": reason}
                           for path, reason in inputs.skipped],
@@ -301,6 +382,10 @@ def summary_record(segmenter: Segmenter, inputs: Inputs, state: str,
         record["photos"] = {"this_run": len(results),
                             "failed": sum(1 for r in results if r.error)}
     return record
+
+
+def morphology_options(args: argparse.Namespace) -> MorphologyOptions:
+    return MorphologyOptions(not args.no_morphology, args.pixel_size_um, args.figure)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -337,7 +422,8 @@ def _eval(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         write_text_atomic(out / SUMMARY, json.dumps(
-            summary_record(segmenter, inputs, "running", started=started), indent=2) + "\n")
+            summary_record(segmenter, inputs, "running", started=started,
+                           morphology=morphology_options(args)), indent=2) + "\n")
     except OSError:
         if created:  # nothing could be written: leave no empty output folder behind
             with contextlib.suppress(OSError):
@@ -353,9 +439,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     results = segment_images(segmenter, inputs, out, overwrite=args.overwrite,
                              resume=args.resume, quiet=args.quiet or args.json,
-                             on_result=report)
+                             on_result=report, morphology=morphology_options(args))
     write_text_atomic(out / SUMMARY, json.dumps(
-        summary_record(segmenter, inputs, "finished", results, started), indent=2) + "\n")
+        summary_record(segmenter, inputs, "finished", results, started,
+                       morphology_options(args)), indent=2) + "\n")
     if args.json:
         print(json.dumps([r.row for r in results], indent=2))
     failures = [r for r in results if r.error]

@@ -85,6 +85,13 @@ class Prediction:
         """Share of FOV pixels predicted as vessel."""
         return float(self.mask.sum() / max(1, self.fov.sum()))
 
+    def morphology(self, pixel_size_um: float | None = None) -> dict[str, float | str]:
+        """The vessel measurements of the mask inside the FOV (`morphology.measure`: densities,
+        fractal dimensions, widths, graph, tortuosity; `_um` columns need the pixel size)."""
+        from .morphology import measure
+
+        return measure(self.mask, self.fov, pixel_size_um)
+
 
 class Segmenter:
     """Segment vessels in photos of any size with a trained model."""
