@@ -90,3 +90,65 @@ def test_a_manifest_id_that_is_a_path_is_refused(tmp_path):
                   "fov_source": ["estimated"]}).to_csv(tmp_path / "manifest.csv", index=False)
     with pytest.raises(DatasetError, match="manifest.csv: id '../../x' is not a plain file"):
         items_from_manifest(tmp_path)
+
+
+def test_morphology_csv_puts_prediction_beside_annotation(tiny_run, synthetic_preprocessed,
+                                                          tmp_path):
+    from vesselseg.io import read_mask
+    from vesselseg.morphology import measure
+
+    out = tmp_path / "result"
+    items = items_from_manifest(synthetic_preprocessed)
+    run_test(Segmenter.from_run(tiny_run), items, out, progress=False)
+    table = pd.read_csv(out / "morphology.csv")
+    assert set(table["id"]) == {item.id for item in items}
+    item = items[0]
+    truth = read_mask(item.annotation)
+    fov = read_mask(item.fov) if item.fov else None
+    expected = measure(truth & fov, fov) if fov is not None else None
+    rows = table[(table["id"] == item.id)].set_index("measurement")
+    if expected is not None:
+        for name in ("vessel_area_density", "fd_mask", "width_median_px", "segments"):
+            assert rows.loc[name, "annotation"] == pytest.approx(expected[name], rel=1e-4)
+    assert rows.loc["fd_mask", "difference"] == pytest.approx(
+        rows.loc["fd_mask", "prediction"] - rows.loc["fd_mask", "annotation"], abs=1e-5)
+
+
+def test_pooled_metrics_and_panels_reach_tensorboard(tiny_run, synthetic_preprocessed,
+                                                     tmp_path):
+    import tensorflow as tf
+
+    logdir = tmp_path / "tb"
+    report = run_test(Segmenter.from_run(tiny_run), items_from_manifest(synthetic_preprocessed),
+                      tmp_path / "result", progress=False, morphology=False,
+                      tensorboard=logdir, step=7)
+    scalars, images = {}, 0
+    for event_file in logdir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                if value.tag.startswith("test/panels"):
+                    images += 1
+                elif value.tag.startswith("test/"):
+                    scalars[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)))
+    assert scalars["test/f1"] == (7, pytest.approx(report.pooled["f1"], rel=1e-6))
+    assert "test/auc_roc" in scalars and images == 1
+
+
+def test_overwrite_replaces_only_an_earlier_result_and_only_when_complete(
+        tiny_run, synthetic_preprocessed, tmp_path, capsys):
+    out = tmp_path / "result"
+    args = ["--run", str(tiny_run), "--data", str(synthetic_preprocessed), "--out", str(out),
+            "--no-images", "--no-morphology", "-q"]
+    assert main(args) == 0
+    first = (out / "summary.json").read_text()
+    assert main(args) == 1 and "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["pooled"]["f1"] == pytest.approx(json.loads(first)["pooled"]["f1"])
+    assert (out / "summary.json").exists() and len(list(tmp_path.iterdir())) == 1
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "mine.txt").write_text("not a test result")
+    assert main([*args[:4], "--out", str(other), "--overwrite"]) == 1
+    assert "no earlier test result" in capsys.readouterr().err
+    assert (other / "mine.txt").exists()

@@ -24,6 +24,25 @@ def new_folder(parent: str | Path, name: str) -> Path:
             folder = base.with_name(f"{base.name}-{counter}")
 
 
+def replace_folder(target: str | Path, new: str | Path) -> Path:
+    """Put the complete folder `new` in the place of `target` (an earlier result of the same
+    command): the earlier one is moved aside, the new one renamed in, then the earlier one
+    deleted, so a failure at any point leaves one whole result, never a mix or nothing."""
+    import shutil
+
+    target, new = Path(target), Path(new)
+    aside = new_folder(target.parent, f".{target.name}.old")
+    aside.rmdir()
+    target.rename(aside)
+    try:
+        new.rename(target)
+    except BaseException:
+        aside.rename(target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return target
+
+
 def refuse_overlap(out: str | Path, inputs: list[str | Path], what: str = "input") -> None:
     """An output folder that is, lies inside, or contains an input folder would mix results
     with the data (or replace it): refused, naming both."""

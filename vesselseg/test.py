@@ -3,8 +3,10 @@
 Protocol: probabilities are mapped back to each image's native resolution and compared with the
 reference annotation only inside the FOV; the pooled row sums pixel counts over all images.
 Outputs go into a new folder (inside the run, or in artifacts/tests/ for the shipped model, unless
---out is given): metrics.csv, calibre.csv (figures by vessel width), summary.json, roc_pr.png,
-and per image a probability PNG, a binary mask PNG and a comparison panel.
+--out is given): metrics.csv, calibre.csv (figures by vessel width), morphology.csv (the vessel
+measurements of prediction and annotation side by side), summary.json, roc_pr.png, and per image
+a probability PNG, a binary mask PNG and a comparison panel. The pooled metrics and a few panels
+also go to the run's TensorBoard log (RUN/tensorboard/test).
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .cli import add_inference_arguments, add_run_argument, run_cli, segmenter_from_args
 from .datasets import read_dataset, reader_names
@@ -28,7 +29,7 @@ from .evaluation import METRIC_NAMES, PooledEvaluator, summary_rows
 from .fov import estimate_fov
 from .inference import Segmenter
 from .io import is_plain_name, read_image, read_mask, write_png, write_text_atomic
-from .outputs import write_probability
+from .outputs import new_folder, replace_folder, write_probability
 from .plots import comparison_panel, roc_pr_curves
 from .runs import PRETRAINED_NAME, RunFolder
 
@@ -96,14 +97,23 @@ def _load(item: TestItem, notes: list[str] | None = None):
 
 def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
              save_images: bool = True, progress: bool = True,
-             description: dict | None = None) -> TestReport:
-    """Evaluate `segmenter` on `items`; write the result files into the (new) folder `out`."""
+             description: dict | None = None, morphology: bool = True,
+             tensorboard: str | Path | None = None, step: int = 0) -> TestReport:
+    """Evaluate `segmenter` on `items`; write the result files into the (new) folder `out`.
+
+    morphology: also write morphology.csv, each vessel measurement of the prediction beside
+    that of the annotation. tensorboard: a log folder that receives the pooled metrics and a
+    few prediction panels (at `step`, e.g. the run's epochs)."""
+    from .console import progress as progress_of
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     evaluator = PooledEvaluator(threshold=segmenter.threshold)
     failures: list[tuple[str, str]] = []
     notes: list[str] = []
     truths: dict[str, tuple] = {}
+    measured: list[dict] = []
+    panels: list = []
 
     def load(item: TestItem):
         image, extra = _load(item, notes)
@@ -113,13 +123,17 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
     with ThreadPoolExecutor(max_workers=1) as writer:
         jobs = []
         stream = segmenter.predict_many(items, load)
-        for item, result in tqdm(stream, total=len(items), desc="test", unit="img",
-                                 disable=not progress):
+        for item, result in progress_of(stream, total=len(items), desc="test",
+                                        quiet=not progress):
             if isinstance(result, Exception):
                 failures.append((str(item.image), str(result)))
                 continue
             image, truth, fov = truths.pop(item.id)
             evaluator.add(item.id, result.probability, truth, fov)
+            if morphology:
+                measured.append(writer.submit(morphology_rows, item.id, result, truth, fov))
+            if tensorboard is not None and len(panels) < TENSORBOARD_PANELS:
+                panels.append(small_panel(image, truth, result.mask, fov))
             if save_images:
                 jobs.append(writer.submit(_write_item_outputs, out, item.id, image, truth, fov,
                                           result))
@@ -156,8 +170,73 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
         "warnings": sorted(notes),
         **(description or {}),
     }
+    if morphology:
+        rows = [row for job in measured for row in job.result()]
+        write_text_atomic(out / "morphology.csv",
+                          pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
     write_text_atomic(out / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
+    if tensorboard is not None:
+        log_to_tensorboard(tensorboard, pooled, panels, step,
+                           (description or {}).get("data", "test"))
     return TestReport(out, table, pooled, failures, sorted(notes), fitted, calibre)
+
+
+def morphology_rows(item_id: str, prediction, truth, fov) -> list[dict]:
+    """morphology.csv rows of one image: each measurement from the predicted mask beside the
+    same from the annotation (both inside the same FOV), and their difference."""
+    from .morphology import measure
+
+    model, human = measure(prediction.mask, fov), measure(truth & fov, fov)
+    rows = [{"id": item_id, "measurement": name, "prediction": value,
+             "annotation": human[name], "difference": value - human[name]}
+            for name, value in model.items() if name != "reason" and not name.endswith("_um")]
+    for source, record in (("prediction", model), ("annotation", human)):
+        if record["reason"]:
+            rows.append({"id": item_id, "measurement": f"reason ({source})",
+                         "prediction": None, "annotation": None, "difference": None,
+                         "note": record["reason"]})
+    return rows
+
+
+#: Prediction panels logged to TensorBoard per test (image | errors: TP white, FP red, FN blue).
+TENSORBOARD_PANELS = 3
+PANEL_WIDTH = 384
+
+
+def small_panel(image, truth, mask, fov):
+    """The photo beside its error map, PANEL_WIDTH pixels wide each (for TensorBoard)."""
+    import cv2
+
+    from .plots import error_overlay
+
+    errors = error_overlay(mask, truth, fov)
+    height = max(1, round(image.shape[0] * PANEL_WIDTH / image.shape[1]))
+    small = [cv2.resize(x, (PANEL_WIDTH, height), interpolation=cv2.INTER_AREA)
+             for x in (image, errors)]
+    return np.concatenate(small, axis=1)
+
+
+def log_to_tensorboard(logdir: str | Path, pooled: dict, panels: list, step: int,
+                       label: str) -> Path:
+    """Pooled test metrics as scalars test/<metric> and the panels as images, in `logdir`
+    (`tensorboard --logdir RUN/tensorboard` shows them beside the training curves)."""
+    import tensorflow as tf
+
+    logdir = Path(logdir)
+    writer = tf.summary.create_file_writer(str(logdir))
+    with writer.as_default():
+        for name in METRIC_NAMES:
+            value = pooled.get(name)
+            if value is not None and math.isfinite(value):
+                tf.summary.scalar(f"test/{name}", value, step=step, description=label)
+        if panels:
+            height = min(panel.shape[0] for panel in panels)
+            tf.summary.image("test/panels (image | TP white, FP red, FN blue)",
+                             np.stack([panel[:height] for panel in panels]), step=step,
+                             max_outputs=len(panels), description=label)
+    writer.flush()
+    writer.close()
+    return logdir
 
 
 CALIBRE_HOW = ("reference vessel pixels by the width of their vessel in native pixels, pooled "
@@ -207,8 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_inference_arguments(parser)
     parser.add_argument("--out", help="output folder (default: a new folder in RUN/tests/, or in "
                                       "artifacts/tests/ for the shipped model)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the earlier test result in --out (only once the new one "
+                             "is complete)")
     parser.add_argument("--no-images", action="store_true",
                         help="skip per-image PNGs and panels (metrics only)")
+    parser.add_argument("--no-morphology", action="store_true",
+                        help="skip morphology.csv (the vessel measurements of prediction and "
+                             "annotation side by side)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the metrics (pooled, mean, std and per image) as JSON")
     return parser
 
 
@@ -220,27 +307,44 @@ def _main(args: argparse.Namespace) -> int:
         items = items_from_dataset(args.dataset, args.source, args.split)
         data_label = f"{args.dataset}:{args.source}"
     segmenter = segmenter_from_args(args)
-    created = True
+    run = RunFolder.named(args.run or PRETRAINED_NAME)
+    final = None
     if args.out:
         out = Path(args.out)
         if out.exists() and any(out.iterdir()):
-            raise VesselsegError(f"{out}: output folder is not empty; choose a new --out")
-        created = not out.exists()
+            if not args.overwrite:
+                raise VesselsegError(f"{out}: output folder is not empty; pass --overwrite to "
+                                     f"replace an earlier test result, or choose a new --out")
+            if not (out / "summary.json").exists():
+                raise VesselsegError(f"{out}: holds no earlier test result (summary.json), so "
+                                     f"--overwrite will not replace it; choose a new --out")
+            final, out = out, new_folder(out.parent, f".{out.name}.new")
     else:
-        run = RunFolder.named(args.run or PRETRAINED_NAME)
         name = f"pretrained_{args.split}" if run.is_shipped else args.split
         out = run.output_folder(RunFolder.TESTS, name, "artifacts/tests")
+    created = not out.exists() or final is not None
+    # the shipped model's folder is part of the package: its logs go with the result instead
+    logdir = (out / "tensorboard") if run.is_shipped else run.path / "tensorboard" / "test"
     try:
         report = run_test(segmenter, items, out, save_images=not args.no_images,
+                          progress=not (args.quiet or args.json),
                           description={"data": data_label, "split": args.split,
-                                       "run": str(RunFolder.named(args.run or PRETRAINED_NAME)),
-                                       "backend": args.backend})
+                                       "run": str(run), "backend": args.backend},
+                          morphology=not args.no_morphology, tensorboard=logdir,
+                          step=int(run.status().get("epochs", 0) or 0))
+        if final is not None:  # the new result is complete: now it replaces the earlier one
+            replace_folder(final, out)
+            report.out = out = final
     except BaseException:
         if created:  # no image evaluated, disk full, Ctrl-C...: leave no partial result folder
             shutil.rmtree(out, ignore_errors=True)
         raise
     for note in report.notes:
         print(f"warning: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"pooled": _clean(report.pooled), "out": str(report.out),
+                          "rows": _clean(report.table.to_dict(orient="records"))}, indent=2))
+        return _report_failures(report)
     print(format_table(report.table))
     sizes = "+".join(str(size) for size in segmenter.scale_sizes)
     print(f"\n{PROTOCOL}; threshold {segmenter.threshold:.3f} ({segmenter.threshold_source})"
@@ -255,6 +359,10 @@ def _main(args: argparse.Namespace) -> int:
     if widths:
         print("by reference vessel width: " + "; ".join(widths))
     print(f"results: {report.out}")
+    return _report_failures(report)
+
+
+def _report_failures(report: TestReport) -> int:
     for _, message in report.failures:
         print(f"error: {message}", file=sys.stderr)
     if report.failures:
