@@ -210,3 +210,40 @@ def test_gray_input_resizes_green_alone_to_the_same_pixels(crop_to_fov, size, cu
     full = resize(crop(image, box), size, size) * fov_small[..., None].astype(np.uint8)
     assert np.array_equal(fast, enhance(full, config))
     assert np.array_equal(fast_fov, fov_small) and fast.shape == (size, size, 3)
+
+
+def test_elongated_image_is_refused_before_its_square_crop_is_made():
+    """Issue #36: an 8x20000 photo cost 2 GB (its FOV crop was padded to 20800x20800).
+    Memory must stay bounded by the photo's pixels: the crop is refused, not allocated."""
+    import tracemalloc
+
+    from vesselseg.errors import InputError
+
+    image = np.full((8, 2000, 3), 120, np.uint8)
+    fov = np.ones((8, 2000), bool)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=r"2000x8 image \(aspect ratio 250.0:1\)"):
+            to_model_input(image, fov, PreprocessConfig(size=64))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * image.nbytes  # the padded square alone would be 12,000,000 bytes
+    # without the FOV crop (the whole frame is resized) nothing is padded: accepted
+    model_image, _, _ = to_model_input(image, fov, PreprocessConfig(size=64, crop_to_fov=False))
+    assert model_image.shape[:2] == (64, 64)
+
+
+def test_four_to_one_image_is_accepted_and_costs_a_few_times_its_pixels():
+    import tracemalloc
+
+    image = np.full((64, 256, 3), 120, np.uint8)
+    fov = np.ones((64, 256), bool)
+    tracemalloc.start()
+    try:
+        model_image, _, box = to_model_input(image, fov, PreprocessConfig(size=64))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert model_image.shape[:2] == (64, 64) and box.x1 - box.x0 > 256
+    assert peak < 12 * image.nbytes

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 
 from .config import PreprocessConfig
+from .errors import InputError
+from .io import MAX_ASPECT
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,17 @@ def crop_box(fov: np.ndarray, crop_to_fov: bool, margin: float = 0.02) -> Geomet
 
     Square, so that resizing never changes the aspect ratio (vessels keep their shape); where the
     FOV is cut by the frame (HRF), the box reaches outside the photo and is padded with black.
+    The padded square costs the square of the photo's long side, so a photo more elongated than
+    MAX_ASPECT:1 is refused (InputError): memory stays within a few times the photo's pixels.
     """
     height, width = fov.shape
     if not crop_to_fov or not fov.any():
         return Geometry(height, width, 0, 0, width, height)
+    ratio = max(height, width) / max(1, min(height, width))
+    if ratio > MAX_ASPECT:
+        raise InputError(f"a {width}x{height} image (aspect ratio {ratio:.1f}:1) is refused: "
+                         f"fundus photos are roughly square (at most {MAX_ASPECT:g}:1), and its "
+                         f"square FOV crop would need up to {max(height, width)} pixels a side")
     rows = np.flatnonzero(fov.any(axis=1))
     cols = np.flatnonzero(fov.any(axis=0))
     box_h, box_w = int(rows[-1]) + 1 - int(rows[0]), int(cols[-1]) + 1 - int(cols[0])
