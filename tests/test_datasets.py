@@ -242,8 +242,7 @@ def test_folder_matches_by_stem(folder_dir):
 
 @pytest.mark.parametrize("bom", ["", "\ufeff"])
 def test_folder_split_file(folder_dir, bom):
-    (folder_dir / "split.csv").write_text(f"{bom}id,split\na,test\nb,val\nzzz,train\n",
-                                          encoding="utf-8")
+    (folder_dir / "split.csv").write_text(f"{bom}id,split\na,test\nb,val\n", encoding="utf-8")
     splits = {s.id: s.split for s in read_dataset("folder", folder_dir).samples}
     assert splits == {"a": "test", "b": "val", "c": "train"}
 
@@ -285,6 +284,71 @@ def test_folder_without_any_annotation(folder_dir):
         mask.unlink()
     with pytest.raises(DatasetError, match="no annotated images"):
         read_dataset("folder", folder_dir)
+
+
+def test_folder_split_file_naming_an_unknown_id_is_an_error(folder_dir):
+    """Issue #36: a typo in split.csv ('img_01' for 'img01') was ignored, so a photo meant for
+    the test set landed in training."""
+    (folder_dir / "split.csv").write_text("id,split\na,test\nB,test\nzzz,train\n")
+    with pytest.raises(DatasetError) as info:
+        read_dataset("folder", folder_dir)
+    message = str(info.value)
+    assert str(folder_dir / "split.csv") in message
+    assert "'B' (line 3)" in message and "'zzz' (line 4)" in message and "no image" in message
+
+
+def test_folder_split_file_with_one_id_in_two_splits_is_an_error(folder_dir):
+    (folder_dir / "split.csv").write_text("id,split\na,test\nb,train\na,train\n")
+    with pytest.raises(DatasetError, match=r"split.csv:4: id 'a' is also in split 'test'"):
+        read_dataset("folder", folder_dir)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1"])
+def test_folder_split_file_not_utf8_is_an_error(folder_dir, encoding):
+    (folder_dir / "split.csv").write_bytes("id,split\na,test\n# équipe\n".encode(encoding))
+    with pytest.raises(DatasetError, match=r"split.csv: not UTF-8 text"):
+        read_dataset("folder", folder_dir)
+
+
+def test_folder_split_file_without_its_columns_is_an_error(folder_dir):
+    (folder_dir / "split.csv").write_text("name;set\na;test\n")
+    with pytest.raises(DatasetError, match=r"split.csv: expected a CSV file with the columns"):
+        read_dataset("folder", folder_dir)
+
+
+def test_folder_test_image_without_annotation_says_so(folder_dir):
+    (folder_dir / "split.csv").write_text("id,split\nd,test\n")
+    result = read_dataset("folder", folder_dir)
+    assert [(p.name, why) for p, why in result.skipped] == [
+        ("d.png", "no annotation masks/d.* (a test image: the test set loses it)")]
+
+
+def test_broken_links_are_named_in_notes(folder_dir, tmp_path):
+    """Symbolic link loops and dangling links vanished silently (Path.is_file() is False)."""
+    (folder_dir / "images" / "loop.png").symlink_to("loop.png")
+    (folder_dir / "images" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (folder_dir / "images" / "notes.lnk").symlink_to(tmp_path / "nowhere.txt")  # not an image
+    result = read_dataset("folder", folder_dir)
+    assert sorted(s.id for s in result.samples) == ["a", "b", "c"]
+    assert result.notes == [
+        f"{folder_dir / 'images' / 'gone.jpg'}: a dangling symbolic link (its target "
+        f"{tmp_path / 'nowhere.jpg'} does not exist); ignored",
+        f"{folder_dir / 'images' / 'loop.png'}: a symbolic link loop; ignored"]
+
+
+def test_drive_reader_names_broken_links(tmp_path):
+    image, vessels = small_photo(1)
+    save(tmp_path / "test" / "images" / "01_test.tif", image)
+    save(tmp_path / "test" / "1st_manual" / "01_manual1.gif", vessels)
+    (tmp_path / "test" / "images" / "02_test.tif").symlink_to(tmp_path / "gone.tif")
+    (tmp_path / "test" / "1st_manual" / "03_manual1.gif").symlink_to("03_manual1.gif")
+    save(tmp_path / "test" / "images" / "03_test.tif", image)
+    result = read_dataset("drive", tmp_path)
+    assert [s.id for s in result.samples] == ["drive_01"]
+    assert [why for _, why in result.skipped] == [
+        "no 1st_manual annotation (a test image: the test set loses it)"]
+    assert len(result.notes) == 2 and "02_test.tif: a dangling" in result.notes[0]
+    assert "03_manual1.gif: a symbolic link loop" in result.notes[1]
 
 
 # --------------------------------------------------------------------------- synthetic

@@ -24,6 +24,7 @@ from vesselseg.preprocess import (
     load_manifest,
     load_preprocess_config,
     main,
+    preprocess_dataset,
     process_sample,
 )
 
@@ -257,10 +258,10 @@ def test_hrf_one_image_and_missing_annotation_is_reported(hrf_dir, tmp_path, cap
         (source / folder).mkdir(parents=True, exist_ok=True)
         (source / folder / name).symlink_to(hrf_dir / folder / name)
     out = tmp_path / "hrf"
-    code, stdout, _ = run(capsys, "--dataset", "hrf", "--source", source, "--out", out,
+    code, _, stderr = run(capsys, "--dataset", "hrf", "--source", source, "--out", out,
                           "--size", 256)
     assert code == 0
-    assert "skipped" in stdout and "11_h.jpg" in stdout
+    assert "skipped" in stderr and "11_h.jpg" in stderr and "test set loses it" in stderr
     manifest = check_outputs(out, 256)
     assert list(manifest["id"]) == ["hrf_01_dr"]
     assert manifest["native_width"].iloc[0] == 3504 and manifest["native_height"].iloc[0] == 2336
@@ -324,10 +325,10 @@ def test_image_without_annotation(tmp_path, capsys):
                           "--size", 64)
     assert_failed(code, stderr, "img2.png", "--skip-missing")
     assert not (out / MANIFEST).exists()
-    code, stdout, _ = run(capsys, "--dataset", "folder", "--source", source, "--out", out,
-                          "--size", 64, "--skip-missing")
+    code, stdout, stderr = run(capsys, "--dataset", "folder", "--source", source, "--out", out,
+                               "--size", 64, "--skip-missing")
     assert code == 0
-    assert "skipped" in stdout and "img2.png" in stdout
+    assert "warning: skipped" in stderr and "img2.png" in stderr and "1 image(s) skipped" in stdout
     assert sorted(check_outputs(out, 64)["id"]) == ["img0", "img1", "img3"]
 
 
@@ -415,10 +416,17 @@ def test_resume_after_a_kill(tmp_path, capsys):
     source = make_folder_dataset(tmp_path / "data", count=5)
     out = tmp_path / "out"
     config = PreprocessConfig(size=64)
-    samples = read_dataset("folder", source).samples
     # a run killed half-way: two samples done, one temporary file left behind, no manifest
-    for sample in samples[:2]:
-        process_sample(sample, out, config)
+
+    def kill(rows: int) -> None:
+        if rows == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        preprocess_dataset("folder", source, out, config, workers=1, progress=False,
+                           on_sample_done=kill)
+    done = sorted(p.name for p in (out / "images").iterdir())
+    assert done[:2] == ["img0.png", "img1.png"] and len(done) <= 3  # the queued ones never ran
     stray = out / "images" / ".img2.png.abc123.part"
     stray.write_bytes(b"\x89PNG half")
     done = files_with_mtimes(out / "images")
@@ -439,11 +447,11 @@ def test_overwrite_replaces_everything(synthetic_dataset, tmp_path, capsys):
     base = ["--dataset", "synthetic", "--source", synthetic_dataset, "--out", out, "--size", 64]
     assert run(capsys, *base, "--augment", 1)[0] == 0
     assert any("_aug1" in p.name for p in (out / "images").iterdir())
-    (out / "images" / "leftover.png").write_bytes(b"x")
     assert run(capsys, *base, "--overwrite")[0] == 0
     names = {p.name for p in (out / "images").iterdir()}
-    assert not any("_aug" in n for n in names) and "leftover.png" not in names
+    assert not any("_aug" in n for n in names)
     assert len(check_outputs(out, 64)) == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
 
 
 def test_module_help_in_a_subprocess():
@@ -466,4 +474,202 @@ def test_load_manifest_without_preprocessing(tmp_path):
     with pytest.raises(DatasetError, match="no manifest"):
         load_manifest(tmp_path)
     with pytest.raises(DatasetError, match="missing"):
+        load_preprocess_config(tmp_path)
+
+
+# ------------------------------------------------------------- preprocess never loses data (#36)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "containing"])
+def test_out_overlapping_source_is_refused(tmp_path, capsys, where):
+    """`--out` equal to `--source` replaced the original photos."""
+    source = make_folder_dataset(tmp_path / "data" / "photos", count=2)
+    before = snapshot(tmp_path / "data")
+    out = {"same": source, "inside": source / "preprocessed", "containing": tmp_path / "data"}
+    code, _, stderr = run(capsys, "--dataset", "folder", "--source", source, "--out",
+                          out[where], "--size", 64)
+    assert_failed(code, stderr, str(out[where]), "--source", "outside")
+    assert snapshot(tmp_path / "data") == before
+    assert not (source / "preprocessed").exists()
+
+
+def test_folder_not_written_by_preprocess_is_never_replaced(tmp_path, capsys):
+    source = make_folder_dataset(tmp_path / "data", count=2)
+    mine = tmp_path / "my results"
+    write_png(mine / "images" / "img0.png", np.full((8, 8), 7, np.uint8))  # same name as an output
+    before = snapshot(mine)
+    for extra in ([], ["--overwrite"]):
+        code, _, stderr = run(capsys, "--dataset", "folder", "--source", source, "--out", mine,
+                              "--size", 64, *extra)
+        assert_failed(code, stderr, "my results", SETTINGS, "not empty")
+        assert snapshot(mine) == before
+
+
+def test_overwrite_replaces_only_what_preprocess_wrote(synthetic_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["--dataset", "synthetic", "--source", synthetic_dataset, "--out", out, "--size", 64]
+    assert run(capsys, *base)[0] == 0
+    (out / "images" / "leftover.png").write_bytes(b"x")
+    (out / "my notes.txt").write_text("keep me")
+    before = snapshot(out)
+    code, _, stderr = run(capsys, *base, "--overwrite", "--size", 96)
+    assert_failed(code, stderr, "images/leftover.png", "my notes.txt", "--overwrite replaces only")
+    assert snapshot(out) == before
+
+
+def test_overwrite_keeps_the_earlier_output_until_the_new_one_is_complete(tmp_path, capsys):
+    """A broken photo found mid-run left neither the earlier output nor a new one."""
+    source = make_folder_dataset(tmp_path / "data", count=4)
+    out = tmp_path / "out"
+    base = ["--dataset", "folder", "--source", source, "--out", out, "--val-fraction", 0]
+    assert run(capsys, *base, "--size", 64)[0] == 0
+    earlier = snapshot(out)
+    good = (source / "images" / "img2.png").read_bytes()
+    (source / "images" / "img2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code, _, stderr = run(capsys, *base, "--size", 96, "--overwrite")
+    assert_failed(code, stderr, "img2.png", "keeps the earlier output, unchanged")
+    assert snapshot(out) == earlier
+    staging = tmp_path / ".out.preprocess-new"
+    assert staging.is_dir() and not (staging / MANIFEST).exists()
+    (source / "images" / "img2.png").write_bytes(good)
+    assert run(capsys, *base, "--size", 96, "--overwrite")[0] == 0
+    manifest = check_outputs(out, 96)
+    assert len(manifest) == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+    assert all(Path(p).parent == out.resolve() / "native_fov" for p in manifest["native_fov"])
+
+
+def test_a_run_killed_while_swapping_is_recovered(tmp_path, capsys, monkeypatch):
+    import vesselseg.preprocess as preprocess
+
+    source = make_folder_dataset(tmp_path / "data", count=2)
+    out = tmp_path / "out"
+    base = ["--dataset", "folder", "--source", source, "--out", out]
+    assert run(capsys, *base, "--size", 64)[0] == 0
+    earlier = snapshot(out)
+    renames, real_rename = [], preprocess.os.rename
+
+    def rename(src, dst):
+        renames.append(dst)
+        if len(renames) == 2:  # killed between moving the earlier output aside and the new in
+            raise KeyboardInterrupt
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(preprocess.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess.preprocess_dataset("folder", source, out, PreprocessConfig(size=96),
+                                      overwrite=True, progress=False)
+    monkeypatch.undo()
+    assert not out.exists(), renames
+    code, stdout, _ = run(capsys, *base, "--size", 64)  # the earlier output comes back as it was
+    assert code == 0 and "already complete" in stdout and snapshot(out) == earlier
+    assert run(capsys, *base, "--size", 96, "--overwrite")[0] == 0
+    assert len(check_outputs(out, 96)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+
+
+def test_interrupt_stops_within_a_second_and_cancels_queued_work(tmp_path, monkeypatch):
+    """Ctrl-C took 7-16 s: the executor ran every queued sample before re-raising."""
+    import threading
+    import time
+
+    import vesselseg.preprocess as preprocess
+    from vesselseg.datasets import ReadResult, Sample
+
+    samples = [Sample(f"s{i}", "fake", "train", tmp_path / f"s{i}.png", tmp_path / "m.png")
+               for i in range(40)]
+    monkeypatch.setattr(preprocess, "read_dataset", lambda *_: ReadResult(samples, []))
+    started = []
+
+    def slow(sample, out, config, notes=None, final=None):
+        started.append(sample.id)
+        time.sleep(0.25)
+        return [{"id": sample.id, "split": "train"}]
+
+    monkeypatch.setattr(preprocess, "process_sample", slow)
+
+    def interrupt(rows: int) -> None:
+        raise KeyboardInterrupt
+
+    begin = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        preprocess.preprocess_dataset("folder", tmp_path / "src", tmp_path / "out",
+                                      PreprocessConfig(size=64, val_fraction=0), workers=2,
+                                      progress=False, on_sample_done=interrupt)
+    assert time.monotonic() - begin < 1.5
+    assert len(started) <= 4  # the queued samples were cancelled, not run
+    assert threading.active_count() == 1 or all(
+        not t.name.startswith("ThreadPoolExecutor") for t in threading.enumerate())
+    assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_symlink_loops_and_dangling_links_are_named(tmp_path, capsys):
+    source = make_folder_dataset(tmp_path / "data", count=2)
+    (source / "images" / "loop.png").symlink_to("loop.png")
+    (source / "images" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (source / "masks" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    code, _, stderr = run(capsys, "--dataset", "folder", "--source", source, "--out",
+                          tmp_path / "out", "--size", 64, "--val-fraction", 0)
+    assert code == 0, stderr
+    assert "warning: " in stderr and "loop.png: a symbolic link loop" in stderr
+    assert "images/gone.png: a dangling symbolic link" in stderr
+    assert "masks/gone.png: a dangling symbolic link" in stderr
+
+
+def test_test_image_without_annotation_is_reported(tmp_path, capsys):
+    source = make_folder_dataset(tmp_path / "data", count=4)
+    (source / "split.csv").write_text("id,split\nimg0,train\nimg1,train\nimg2,test\nimg3,test\n")
+    (source / "masks" / "img3.png").unlink()
+    code, stdout, stderr = run(capsys, "--dataset", "folder", "--source", source, "--out",
+                               tmp_path / "out", "--size", 64, "--skip-missing")
+    assert code == 0
+    assert "warning: skipped" in stderr and "img3.png" in stderr
+    assert "a test image: the test set loses it" in stderr and "1 image(s) skipped" in stdout
+
+
+MANIFESTS = {
+    "empty": (b"", "is empty"),
+    "header-only": (b"id,dataset,split,image,vessels,fov\n", "has no rows"),
+    "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe" * 20, "not a readable manifest"),
+    "malformed": (b'id,split,image,vessels,fov\na,train,"images/a.png\nb,c\n',
+                  "not a readable manifest"),
+    "not-a-manifest": (b'{"id": 1, "split": "train"}\n', "not a vesselseg manifest"),
+    "duplicate-id": (b"id,split,image,vessels,fov\na,train,images/a.png,vessels/a.png,fov/a.png\n"
+                     b"a,test,images/a.png,vessels/a.png,fov/a.png\n",
+                     "id 'a' appears 2 times (lines 2, 3)"),
+    "bad-split": (b"id,split,image,vessels,fov\na,training,images/a.png,vessels/a.png,fov/a.png\n",
+                  "manifest.csv:2: split 'training'"),
+    "path-escapes": (b"id,split,image,vessels,fov\na,train,../../a.png,vessels/a.png,fov/a.png\n",
+                     "not a path inside the folder"),
+}
+
+
+@pytest.mark.parametrize("kind", list(MANIFESTS))
+def test_malformed_manifest_is_an_error_naming_the_file(tmp_path, kind):
+    from vesselseg.preprocess import merged_manifest
+
+    data, fragment = MANIFESTS[kind]
+    (tmp_path / MANIFEST).write_bytes(data)
+    for load in (load_manifest, lambda folder: merged_manifest([folder])):
+        with pytest.raises(DatasetError) as info:
+            load(tmp_path)
+        assert str(tmp_path / MANIFEST) in str(info.value) and fragment in str(info.value)
+
+
+def test_manifest_ids_that_look_like_numbers_stay_text(tmp_path):
+    (tmp_path / MANIFEST).write_text("id,split,image,vessels,fov\n01,train,images/01.png,"
+                                     "vessels/01.png,fov/01.png\n")
+    assert list(load_manifest(tmp_path)["id"]) == ["01"]
+
+
+def test_malformed_settings_file_is_an_error_naming_it(tmp_path):
+    (tmp_path / SETTINGS).write_text("[1, 2]")
+    with pytest.raises(DatasetError, match="preprocess.json: not a preprocess settings file"):
+        load_preprocess_config(tmp_path)
+    (tmp_path / SETTINGS).write_bytes(b"\xff\xfe{\x00")
+    with pytest.raises(DatasetError, match="preprocess.json: unreadable"):
         load_preprocess_config(tmp_path)

@@ -1,11 +1,14 @@
 """What every dataset reader yields, and the registry that finds readers by name."""
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DatasetError
+from ..io import is_image_file
 
 SPLITS = ("train", "val", "test")
 
@@ -25,10 +28,12 @@ class Sample:
 
 @dataclass
 class ReadResult:
-    """Samples found, plus images that were skipped and why (reported, never silently lost)."""
+    """Samples found, plus images that were skipped and why (reported, never silently lost),
+    and notes about entries that are not files at all (dangling links, link loops)."""
 
     samples: list[Sample]
     skipped: list[tuple[Path, str]]
+    notes: list[str] = field(default_factory=list)
 
 
 Reader = Callable[[Path], ReadResult]
@@ -61,14 +66,20 @@ def get_reader(name: str) -> Reader:
             from None
 
 
-def read_dataset(name: str, source: str | Path | None) -> ReadResult:
-    """Read dataset `name` from folder `source` (None: the reader's default, e.g. generated)."""
-    reader = get_reader(name)
+def source_folder(name: str, source: str | Path | None) -> Path:
+    """The folder dataset `name` is read from (None: the reader's default, e.g. generated)."""
+    get_reader(name)
     if source is None:
         if name != "synthetic":
             raise DatasetError(f"dataset {name!r} needs --source (the folder it was unpacked in)")
         source = _DEFAULT_SOURCES.get(name, "data/synthetic")
-    source = Path(source)
+    return Path(source)
+
+
+def read_dataset(name: str, source: str | Path | None) -> ReadResult:
+    """Read dataset `name` from folder `source` (None: the reader's default, e.g. generated)."""
+    reader = get_reader(name)
+    source = source_folder(name, source)
     if name != "synthetic":
         require_folder(source)
     result = reader(source)
@@ -85,12 +96,45 @@ def require_folder(path: Path, what: str = "source folder") -> Path:
     return path
 
 
-def find_with_suffixes(folder: Path, stem: str, suffixes: tuple[str, ...]) -> Path | None:
-    """The file `stem + suffix` in folder for the first suffix that exists (case-insensitive)."""
+def list_folder(folder: Path, notes: list[str] | None = None) -> list[Path]:
+    """The entries of `folder`, sorted; a dangling symbolic link or a link loop among them is
+    left out and named in `notes` instead of vanishing silently (Path.is_file() is simply False
+    for them)."""
+    entries = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink():
+            try:
+                entry.stat()
+            except OSError as exc:
+                if notes is not None and is_image_file(entry):
+                    message = f"{entry}: {_broken_link(entry, exc)}; ignored"
+                    if message not in notes:
+                        notes.append(message)
+                continue
+        entries.append(entry)
+    return entries
+
+
+def _broken_link(entry: Path, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link loop"
+    try:
+        target = os.readlink(entry)
+    except OSError:
+        target = "?"
+    if exc.errno == errno.ENOENT:
+        return f"a dangling symbolic link (its target {target} does not exist)"
+    return f"a symbolic link that cannot be followed ({exc.strerror})"
+
+
+def find_with_suffixes(folder: Path, stem: str, suffixes: tuple[str, ...],
+                       notes: list[str] | None = None) -> Path | None:
+    """The file `stem + suffix` in folder for the first suffix that exists (case-insensitive);
+    broken links are left out (and named in `notes`)."""
     if not folder.is_dir():
         return None
     wanted = {(stem + s).lower() for s in suffixes}
-    for candidate in sorted(folder.iterdir()):
+    for candidate in list_folder(folder, notes):
         if candidate.name.lower() in wanted:
             return candidate
     return None

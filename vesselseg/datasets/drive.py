@@ -5,13 +5,14 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from ..io import is_image_file
-from .base import ReadResult, Sample, find_with_suffixes, register_reader
+from .base import ReadResult, Sample, find_with_suffixes, list_folder, register_reader
 
 
 @register_reader("drive")
 def read_drive(source: Path) -> ReadResult:
     samples: list[Sample] = []
     skipped: list[tuple[Path, str]] = []
+    notes: list[str] = []
     folders = {"training": "train", "test": "test"}
     if not any((source / f / "images").is_dir() for f in folders):
         raise DatasetError(f"{source}: not a DRIVE folder "
@@ -20,19 +21,23 @@ def read_drive(source: Path) -> ReadResult:
         images = source / folder / "images"
         if not images.is_dir():
             continue
-        for image in sorted(images.iterdir()):
+        for image in list_folder(images, notes):
             if not image.is_file() or not is_image_file(image):
                 continue  # hidden files, Thumbs.db, notes...
             number = image.name.split("_")[0]
             annotation = find_with_suffixes(source / folder / "1st_manual", f"{number}_manual1",
-                                            (".gif", ".png", ".tif"))
+                                            (".gif", ".png", ".tif"), notes)
             if annotation is None:
-                skipped.append((image, "no 1st_manual annotation"))
+                skipped.append((image, "no 1st_manual annotation" + _loses(split)))
                 continue
             fov = find_with_suffixes(source / folder / "mask", f"{number}_{folder}_mask",
-                                     (".gif", ".png", ".tif"))
+                                     (".gif", ".png", ".tif"), notes)
             second = find_with_suffixes(source / folder / "2nd_manual", f"{number}_manual2",
-                                        (".gif", ".png", ".tif"))
+                                        (".gif", ".png", ".tif"), notes)
             samples.append(Sample(id=f"drive_{number}", dataset="drive", split=split, image=image,
                                   annotation=annotation, fov=fov, second_observer=second))
-    return ReadResult(samples, skipped)
+    return ReadResult(samples, skipped, notes)
+
+
+def _loses(split: str) -> str:
+    return f" (a {split} image: the {split} set loses it)" if split != "train" else ""

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from ..errors import DatasetError
-from .base import ReadResult, Sample, find_with_suffixes, register_reader
+from .base import ReadResult, Sample, find_with_suffixes, list_folder, register_reader
 
 TEST_FRACTION = 0.25
 SPLIT_SEED = 0
@@ -23,17 +23,18 @@ def read_stare(source: Path) -> ReadResult:
         raise DatasetError(f"{source}: not a STARE folder (expected stare-images/ and labels-ah/)")
     found: list[tuple[str, Path, Path, Path | None]] = []
     skipped: list[tuple[Path, str]] = []
+    notes: list[str] = []
     suffixes = (".ppm", ".ppm.gz", ".png", ".gif")
-    for image in sorted(folder.iterdir()):
+    for image in list_folder(folder, notes):
         match = _NAME.match(image.name)
         if not match:
             continue
         stem = match.group(1)
-        annotation = find_with_suffixes(source / "labels-ah", f"{stem}.ah", suffixes)
+        annotation = find_with_suffixes(source / "labels-ah", f"{stem}.ah", suffixes, notes)
         if annotation is None:
             skipped.append((image, "no labels-ah annotation"))
             continue
-        second = find_with_suffixes(source / "labels-vk", f"{stem}.vk", suffixes)
+        second = find_with_suffixes(source / "labels-vk", f"{stem}.vk", suffixes, notes)
         found.append((stem, image, annotation, second))
     order = list(range(len(found)))
     random.Random(SPLIT_SEED).shuffle(order)
@@ -43,4 +44,4 @@ def read_stare(source: Path) -> ReadResult:
                       split="test" if i in test_indices else "train", image=image,
                       annotation=annotation, second_observer=second)
                for i, (stem, image, annotation, second) in enumerate(found)]
-    return ReadResult(samples, skipped)
+    return ReadResult(samples, skipped, notes)
