@@ -205,7 +205,7 @@ def config_overrides(args: argparse.Namespace, cls) -> dict:
 
 
 #: The commands whose `--help` docs/cli.md reproduces (a test keeps it in step).
-REFERENCE_COMMANDS = ("preprocess", "train", "calibrate", "test", "eval", "export")
+REFERENCE_COMMANDS = ("preprocess", "train", "calibrate", "test", "eval", "export", "compare")
 HELP_WIDTH = 100
 
 
