@@ -35,6 +35,7 @@ def test_run_folder_has_every_file_and_a_falling_loss(synthetic_preprocessed, tm
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [0, 1, 2]
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert list(history["learning_rate"]) == pytest.approx([3e-3] * 3)  # every epoch's rate
     config = load_config(TrainConfig, run / "config.json")
     assert config.base_filters == 4 and config.preprocess.size == 128
     threshold = json.loads((run / "threshold.json").read_text())
@@ -148,7 +149,7 @@ def test_mirrored_strategy_over_two_logical_cpus(synthetic_preprocessed, tmp_pat
 def test_config_file_with_unknown_key_names_it(tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"epochs": 2, "learnig_rate": 0.1}))
-    assert main(["--config", str(path)]) == 1
+    assert main(["--config", str(path)]) != 0
     assert "learnig_rate" in capsys.readouterr().err
 
 
@@ -413,3 +414,138 @@ def test_a_run_stopped_by_an_error_is_marked_failed_and_resumed_by_the_rerun(
     assert train(config, progress=False) == run  # the same folder, resumed
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1, 2]
+
+
+# -- kills at chosen moments, in-process ------------------------------------------------------
+# A SimulatedKill (not an Exception) stops train() where a SIGKILL would: nothing catches it, no
+# finishing step runs, the run stays "running". The real SIGKILL is
+# test_a_killed_run_resumes_at_the_right_epoch.
+
+
+class SimulatedKill(BaseException):
+    """Raised where a SIGKILL would stop the process."""
+
+
+class KillAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise SimulatedKill
+
+
+def _kill_before(monkeypatch, names: tuple[str, ...], callback) -> None:
+    """Run `callback` just before the first of the run's own callbacks whose class is named in
+    `names` (e.g. the one that writes history.csv)."""
+    import vesselseg.train as train_module
+
+    real = train_module.build_callbacks
+
+    def build(*args, **kwargs):
+        own = real(*args, **kwargs)
+        index = next(i for i, c in enumerate(own) if type(c).__name__ in names)
+        return [*own[:index], callback, *own[index:]]
+
+    monkeypatch.setattr(train_module, "build_callbacks", build)
+
+
+def _epochs(run) -> list[int]:
+    return list(pd.read_csv(run / "history.csv")["epoch"])
+
+
+def _status(run) -> dict:
+    return json.loads((run / "status.json").read_text())
+
+
+def test_a_damaged_resume_state_falls_back_to_the_one_before(synthetic_preprocessed, tmp_path,
+                                                             capsys):
+    """A write cut short (its file truncated) must never block resuming: the rerun resumes from
+    the state before it, and history.csv follows that state (no epoch logged twice)."""
+    config = tiny_config(synthetic_preprocessed, tmp_path, epochs=3, steps_per_epoch=1,
+                         lr_schedule="cosine")
+    with pytest.raises(SimulatedKill):
+        train(config, progress=False, callbacks=[KillAfterEpoch(1)])
+    (run,) = list(tmp_path.iterdir())
+    assert _epochs(run) == [0, 1]
+    newest = max((run / "backup").rglob("*.h5"), key=lambda path: path.stat().st_mtime_ns)
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    capsys.readouterr()
+    train(config, progress=False)
+    assert "cannot resume from the state after epoch 2" in capsys.readouterr().err
+    assert _status(run)["state"] == "finished" and _epochs(run) == [0, 1, 2]
+    rates = list(pd.read_csv(run / "history.csv")["learning_rate"])
+    assert rates[0] == pytest.approx(config.learning_rate) and rates[0] > rates[1] > rates[2]
+    assert not (run / "backup").exists()  # removed once training is over
+
+
+def test_a_kill_between_the_resume_state_and_the_history_leaves_no_gap(
+        synthetic_preprocessed, tmp_path, monkeypatch):
+    config = tiny_config(synthetic_preprocessed, tmp_path, epochs=3, steps_per_epoch=1)
+    _kill_before(monkeypatch, ("HistoryLog", "CSVLogger"), KillAfterEpoch(1))
+    with pytest.raises(SimulatedKill):
+        train(config, progress=False)
+    monkeypatch.undo()
+    (run,) = list(tmp_path.iterdir())
+    assert _epochs(run) == [0]  # epoch 1 was saved for resuming, but not yet logged
+    train(config, progress=False)
+    assert _status(run)["state"] == "finished" and _epochs(run) == [0, 1, 2]
+
+
+def test_a_kill_after_training_finishes_the_run_without_training_again(
+        synthetic_preprocessed, tmp_path, monkeypatch):
+    import vesselseg.calibrate
+
+    def killed(*args, **kwargs):
+        raise SimulatedKill  # fit has returned; the threshold is being chosen
+
+    class NoTraining(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            raise AssertionError("the rerun trained again")
+
+    config = tiny_config(synthetic_preprocessed, tmp_path, epochs=2, steps_per_epoch=1)
+    monkeypatch.setattr(vesselseg.calibrate, "choose_threshold", killed)
+    with pytest.raises(SimulatedKill):
+        train(config, progress=False)
+    monkeypatch.undo()
+    (run,) = list(tmp_path.iterdir())
+    assert _status(run)["state"] == "running" and _epochs(run) == [0, 1]
+    train(config, progress=False, callbacks=[NoTraining()])
+    status = _status(run)
+    assert status["state"] == "finished" and status["epochs"] == 2
+    assert _epochs(run) == [0, 1] and (run / "threshold.json").exists()
+
+
+def test_a_full_disk_while_saving_the_state_fails_in_one_line_and_the_rerun_resumes(
+        synthetic_preprocessed, tmp_path, monkeypatch, capsys):
+    """The disk fills while the second epoch's state is written (half of it on disk): one
+    `error:` line naming the file, the run marked failed, and the rerun (space freed) resumes."""
+    import errno
+
+    real, calls = keras.Model.save_weights, []
+
+    def full_disk(self, filepath, *args, **kwargs):
+        calls.append(filepath)
+        real(self, filepath, *args, **kwargs)
+        if len(calls) == 2:
+            data = Path(filepath).read_bytes()
+            Path(filepath).write_bytes(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filepath))
+
+    monkeypatch.setattr(keras.Model, "save_weights", full_disk)
+    argv = ["--data", str(synthetic_preprocessed), "--runs-dir", str(tmp_path), "--epochs", "3",
+            "--steps-per-epoch", "1", "--batch-size", "2", "--base-filters", "4", "--depth", "2",
+            "--quiet"]
+    capsys.readouterr()
+    assert main(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    (run,) = list(tmp_path.iterdir())
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "Traceback" not in errors[0]
+    assert "No space left on device" in errors[0] and str(run / "backup") in errors[0]
+    status = _status(run)
+    assert status["state"] == "failed" and "No space left on device" in status["reason"]
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert _status(run)["state"] == "finished" and _epochs(run) == [0, 1, 2]
+    assert not [path for path in run.rglob("*") if ".part" in path.name]

@@ -194,8 +194,11 @@ class RunFolder:
         except (OSError, ValueError) as exc:
             raise RunFolderError(f"{self.status_path}: unreadable ({exc})") from None
 
-    def update_status(self, **fields) -> None:
+    def update_status(self, drop: tuple[str, ...] = (), **fields) -> None:
+        """Set `fields` in status.json (atomically), removing the keys in `drop`."""
         status = self.status()
+        for key in drop:
+            status.pop(key, None)
         status.update(fields)
         write_text_atomic(self.status_path, json.dumps(status, indent=2) + "\n")
 

@@ -31,42 +31,56 @@ class TrainingDiverged(VesselsegError):
 
 
 def build_callbacks(config: TrainConfig, run: RunFolder | Path, best_so_far: float | None,
-                    start: float) -> list:
-    """The callbacks of a run: resume state, checkpoint, early stop, logs, rate schedule."""
+                    start: float, state=None) -> list:
+    """The callbacks of a run: rate schedule, checkpoint, early stop, the resume state and the
+    history log it feeds, status and TensorBoard, in the order their epoch ends must run.
+    `state`: the run's `callbacks.TrainingState`, already restored (a new one by default)."""
     import keras
 
-    from .callbacks import StopOnNonFiniteWeights, WallClockBudget, cosine_learning_rate
+    from .callbacks import (
+        AtomicModelCheckpoint,
+        StopOnNonFiniteWeights,
+        TrainingState,
+        WallClockBudget,
+        cosine_learning_rate,
+    )
 
     run = RunFolder.named(run)
-
+    if state is None:
+        state = TrainingState(run.backup_path, run.history_path)
     monitor = "val_dice"
+    if config.lr_schedule == "plateau":
+        rate = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=config.plateau_patience,
+            min_lr=config.min_learning_rate)
+    else:
+        rate = keras.callbacks.LearningRateScheduler(
+            lambda epoch, _lr: cosine_learning_rate(config, epoch, time.monotonic() - start))
+    stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode="max",
+                                             patience=config.early_stopping_patience,
+                                             restore_best_weights=config.keep == "best")
+    state.clock = lambda: time.monotonic() - start  # training seconds, earlier sessions included
+    state.watched = [stopping, rate]  # their counters continue across a resume
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run.backup_path)),
         keras.callbacks.TerminateOnNaN(),
         StopOnNonFiniteWeights(),
+        rate,  # sets an epoch's rate before the state reads it, lowers it before it is saved
         # keep="last" saves every epoch: with a schedule that anneals to its end, the final
         # model is the one to keep, and a few validation images choose an epoch by noise
-        keras.callbacks.ModelCheckpoint(str(run.model_path), monitor=monitor, mode="max",
-                                        save_best_only=config.keep == "best",
-                                        initial_value_threshold=best_so_far),
-        keras.callbacks.EarlyStopping(monitor=monitor, mode="max",
-                                      patience=config.early_stopping_patience,
-                                      restore_best_weights=config.keep == "best"),
-        keras.callbacks.CSVLogger(str(run.history_path), append=True),
-        keras.callbacks.TensorBoard(str(run.path / "tensorboard"), write_graph=False),
+        AtomicModelCheckpoint(str(run.model_path), monitor=monitor, mode="max",
+                              save_best_only=config.keep == "best",
+                              initial_value_threshold=best_so_far),
+        stopping,
     ]
-    if config.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=config.plateau_patience,
-            min_lr=config.min_learning_rate))
-    else:
-        callbacks.append(keras.callbacks.LearningRateScheduler(
-            lambda epoch, _lr: cosine_learning_rate(config, epoch, time.monotonic() - start)))
     if config.budget_minutes:
         callbacks.append(WallClockBudget(config.budget_minutes * 60.0, start))
-    # training seconds so far, kept per epoch so that a resumed run continues the clock
-    callbacks.append(keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: run.update_status(elapsed=time.monotonic() - start)))
+    callbacks += [
+        state,  # commits the epoch: weights, history rows, clock, counters
+        state.history_log(),  # history.csv from what was just committed
+        keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: run.update_status(elapsed=state.elapsed)),
+        keras.callbacks.TensorBoard(str(run.path / "tensorboard"), write_graph=False),
+    ]
     return callbacks
 
 
@@ -91,18 +105,11 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     `devices`: train with a MirroredStrategy over these (e.g. logical CPUs from
     `devices.split_cpu`); default: every GPU, else the CPU. `callbacks`: Keras callbacks run
     after the run's own (they see its logs, and may stop training)."""
-    import keras
-    import pandas as pd
-
     from .calibrate import choose_threshold
-    from .callbacks import StopOnNonFiniteWeights
-    from .devices import environment_facts, gpus, make_strategy, set_precision
     from .finetune import checked_init_weights
     from .losses import make_loss
-    from .metrics import training_metrics
-    from .model import check_architecture, get_model, set_layer_weights
-    from .pipeline import labels_are_binary, make_dataset, split_rows, steps_per_epoch
-    from .plots import learning_curves
+    from .model import check_architecture
+    from .pipeline import labels_are_binary, split_rows
     from .preprocess import load_preprocess_config, merged_manifest
 
     folders = config.data
@@ -134,7 +141,6 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
               file=sys.stderr)
 
     run = RunFolder.find_unfinished(config)
-    resumed = run is not None
     if run is None:
         run = RunFolder.create(config)
         try:
@@ -146,12 +152,55 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
             raise
     else:
         print(f"resuming unfinished run {run}")
+        run.update_status(state="running", drop=("reason",))
+
+    try:
+        if run.status().get("step") == "trained":
+            # training had ended (fit returned) when the run stopped: only finishing is left
+            history, status = None, run.status()
+            seconds, epochs = status.get("seconds", 0.0), status.get("epochs", 0)
+        else:
+            history, seconds, epochs = _fit(config, run, loss, init_weights, train_rows,
+                                            val_rows, devices, progress, callbacks)
+        threshold = choose_threshold(run, val_rows)
+        run.update_status(state="finished", seconds=seconds, epochs=epochs,
+                          finished=datetime.now(timezone.utc).isoformat(), threshold=threshold)
+    except TrainingDiverged:
+        raise
+    except Exception as exc:  # the run is not finished: say so, with the reason
+        with contextlib.suppress(OSError, VesselsegError):
+            run.update_status(state="failed", reason=f"{type(exc).__name__}: {exc}"[:1000])
+        raise
+    return run.path
+
+
+def _fit(config: TrainConfig, run: RunFolder, loss, init_weights: dict | None,
+         train_rows, val_rows, devices: list[str] | None, progress: bool,
+         callbacks: list | None):
+    """Train (or continue training) the run's model; returns (History or None when no epoch was
+    left to train, training seconds, epochs). Raises TrainingDiverged; on success the run's
+    status records the "trained" step, so a rerun goes straight to the finishing steps."""
+    import keras
+
+    from .callbacks import (
+        StopOnNonFiniteWeights,
+        TrainingState,
+        remove_partial_files,
+        save_atomically,
+        weights_are_finite,
+    )
+    from .devices import environment_facts, gpus, make_strategy, set_precision
+    from .metrics import training_metrics
+    from .model import get_model, set_layer_weights
+    from .pipeline import make_dataset, steps_per_epoch
+    from .plots import learning_curves
 
     keras.utils.set_random_seed(config.seed)
     policy = set_precision(config.precision)
     strategy = make_strategy(devices)
     write_text_atomic(run.path / RunFolder.ENVIRONMENT,
                       json.dumps(environment_facts(policy, strategy), indent=2) + "\n")
+    remove_partial_files(run.path)  # temporary files of a killed run's last writes
     global_batch = config.batch_size
     autotune = bool(gpus())  # on a CPU-only machine the autotuner's threads slow the model
     train_data = make_dataset(train_rows, global_batch, training=True, seed=config.seed,
@@ -160,6 +209,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
                               soft_labels=config.soft_labels)
     val_data = make_dataset(val_rows, global_batch, training=False, cache=config.cache,
                             autotune=autotune, gray=config.preprocess.gray)
+    state = TrainingState(run.backup_path, run.history_path)
     with strategy.scope():
         model = get_model(config.architecture, base_filters=config.base_filters, depth=config.depth,
                           batch_norm=config.batch_norm, dropout=config.dropout)
@@ -167,31 +217,32 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
         set_layer_weights(model, init_weights or {})
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss,
                       metrics=training_metrics())
-    previous = run.status().get("elapsed", 0.0) if resumed else 0.0
-    start = time.monotonic() - previous  # a resumed run's budget and time include earlier epochs
-    own = build_callbacks(config, run, run.best_validation_dice() if resumed else None, start)
-    try:
+        # the newest readable state; history.csv is rewritten to match it
+        initial_epoch = state.restore(model, legacy_elapsed=run.status().get("elapsed", 0.0))
+    start = time.monotonic() - state.elapsed  # a resumed run's budget and time include earlier
+    own = build_callbacks(config, run, run.best_validation_dice(), start, state)
+    history = None
+    if initial_epoch < config.epochs and not state.stopped:
         history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
+                            initial_epoch=initial_epoch,
                             steps_per_epoch=steps_per_epoch(train_rows, global_batch,
                                                             config.steps_per_epoch),
                             callbacks=own + list(callbacks or []), shuffle=False,
                             verbose=1 if progress else 2)
-    except Exception as exc:  # the run is not finished: say so, with the reason
-        with contextlib.suppress(OSError):
-            run.update_status(state="failed", reason=f"{type(exc).__name__}: {exc}"[:1000])
-        raise
     seconds = time.monotonic() - start
-    losses = history.history.get("loss", [])
+    losses = [row.get("loss", math.nan) for row in state.rows]
     weights_watch = next(c for c in own if isinstance(c, StopOnNonFiniteWeights))
-    loss_diverged = bool(losses) and not all(math.isfinite(v) for v in losses)
-    diverged = loss_diverged or weights_watch.epoch is not None
-    epochs = len(losses)
-    if run.history_path.exists():
-        logged = pd.read_csv(run.history_path)
-        epochs = max(epochs, len(logged))  # the log also holds the epochs before a resume
-        learning_curves(logged, run.path / "learning_curves.png")
-    if diverged:
+    loss_diverged = not all(math.isfinite(v) for v in losses)
+    weights_diverged = weights_watch.epoch is not None or (
+        history is None and not weights_are_finite(model))  # the last session stopped so
+    epochs = len(state.rows)
+    if state.rows:
+        import pandas as pd
+
+        learning_curves(pd.DataFrame(state.rows), run.path / "learning_curves.png")
+    if loss_diverged or weights_diverged:
         run.update_status(state="diverged", seconds=seconds)
+        shutil.rmtree(run.backup_path, ignore_errors=True)  # a diverged run is never resumed
         best = run.model_path
         if best.exists() and _saved_model_is_finite(best):
             kept = f"The best model so far is kept in {best}."
@@ -199,17 +250,17 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
             kept = f"{best} holds non-finite weights too: do not use it."
         else:
             kept = f"No epoch finished with a valid loss, so no model was saved in {run.path}."
-        what, at = (("the loss", epochs) if loss_diverged
-                    else ("the weights", weights_watch.epoch or epochs))
+        what, at = (("the loss", next(i + 1 for i, v in enumerate(losses)
+                                      if not math.isfinite(v)))
+                    if loss_diverged else ("the weights", weights_watch.epoch or epochs))
         raise TrainingDiverged(
             f"training stopped: {what} became NaN/inf at epoch {at}. {kept} Lower "
             f"--learning-rate or use --precision float32.")
     if not run.model_path.exists():
-        model.save(run.model_path)
-    threshold = choose_threshold(run, val_rows)
-    run.update_status(state="finished", seconds=seconds, epochs=epochs,
-                      finished=datetime.now(timezone.utc).isoformat(), threshold=threshold)
-    return run.path
+        save_atomically(run.model_path, model.save)
+    run.update_status(step="trained", seconds=seconds, epochs=epochs)
+    shutil.rmtree(run.backup_path, ignore_errors=True)  # no longer needed: training is over
+    return history, seconds, epochs
 
 
 def _saved_model_is_finite(path: Path) -> bool:
