@@ -140,38 +140,55 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
               f"training sees binary labels; preprocess again into a new folder to keep it",
               file=sys.stderr)
 
-    run = RunFolder.find_unfinished(config)
-    if run is None:
-        run = RunFolder.create(config)
+    with contextlib.ExitStack() as held:
+        run = _claim_run(config, held)
         try:
-            run.save_config(config)
-            run.update_status(state="running", fingerprint=config_fingerprint(config),
-                              started=datetime.now(timezone.utc).isoformat())
-        except OSError:  # e.g. disk full: leave no half-made run folder behind
-            shutil.rmtree(run.path, ignore_errors=True)
+            if run.status().get("step") == "trained":
+                # training had ended (fit returned) when the run stopped: only finishing is left
+                history, status = None, run.status()
+                seconds, epochs = status.get("seconds", 0.0), status.get("epochs", 0)
+            else:
+                history, seconds, epochs = _fit(config, run, loss, init_weights, train_rows,
+                                                val_rows, devices, progress, callbacks)
+            threshold = choose_threshold(run, val_rows)
+            run.update_status(state="finished", seconds=seconds, epochs=epochs,
+                              finished=datetime.now(timezone.utc).isoformat(),
+                              threshold=threshold)
+        except TrainingDiverged:
             raise
-    else:
-        print(f"resuming unfinished run {run}")
-        run.update_status(state="running", drop=("reason",))
-
-    try:
-        if run.status().get("step") == "trained":
-            # training had ended (fit returned) when the run stopped: only finishing is left
-            history, status = None, run.status()
-            seconds, epochs = status.get("seconds", 0.0), status.get("epochs", 0)
-        else:
-            history, seconds, epochs = _fit(config, run, loss, init_weights, train_rows,
-                                            val_rows, devices, progress, callbacks)
-        threshold = choose_threshold(run, val_rows)
-        run.update_status(state="finished", seconds=seconds, epochs=epochs,
-                          finished=datetime.now(timezone.utc).isoformat(), threshold=threshold)
-    except TrainingDiverged:
-        raise
-    except Exception as exc:  # the run is not finished: say so, with the reason
-        with contextlib.suppress(OSError, VesselsegError):
-            run.update_status(state="failed", reason=f"{type(exc).__name__}: {exc}"[:1000])
-        raise
+        except Exception as exc:  # the run is not finished: say so, with the reason
+            with contextlib.suppress(OSError, VesselsegError):
+                run.update_status(state="failed", reason=f"{type(exc).__name__}: {exc}"[:1000])
+            raise
     return run.path
+
+
+def _claim_run(config: TrainConfig, held: contextlib.ExitStack) -> RunFolder:
+    """The run to train into, its lock held (until `held` closes): the unfinished run of the
+    same config, resumed, else a new one. A run another process is training is refused
+    (FolderBusyError) rather than shared."""
+    from .locks import hold_folder
+
+    run = RunFolder.find_unfinished(config)
+    if run is not None:
+        probe = contextlib.ExitStack()
+        probe.enter_context(hold_folder(run.path, command="train"))
+        if run.state in ("running", "failed"):
+            held.push(probe.pop_all())
+            print(f"resuming unfinished run {run}")
+            run.update_status(state="running", drop=("reason",))
+            return run
+        probe.close()  # it finished while we looked: a finished run is never touched again
+    run = RunFolder.create(config)
+    held.enter_context(hold_folder(run.path, command="train"))
+    try:
+        run.save_config(config)
+        run.update_status(state="running", fingerprint=config_fingerprint(config),
+                          started=datetime.now(timezone.utc).isoformat())
+    except OSError:  # e.g. disk full: leave no half-made run folder behind
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    return run
 
 
 def _fit(config: TrainConfig, run: RunFolder, loss, init_weights: dict | None,
