@@ -23,6 +23,11 @@ Every failing case checks the same four promises:
 | .keras file with a Lambda layer or other code | test, eval | test_model_with_code_* |
 | config with unknown keys or wrong types | train | test_train_bad_config_* |
 | random bytes only raise ImageReadError | reader | test_fuzz_mask_and_gzip_reader |
+| HDR bomb named .png, 8x2000 photo, multi-page TIFF | preprocess, eval | test_reader_guards_* |
+| --out equal to, inside or containing --source | preprocess | test_out_overlaps_source_* |
+| --overwrite meets a broken photo half-way | preprocess | test_overwrite_failure_keeps_* |
+| malformed, empty, binary or duplicate-id manifest | train | test_bad_manifest_train |
+| config file in UTF-16 or other non-UTF-8 bytes | train | test_train_config_not_utf8 |
 
 Commands run in-process through their `main([...])` (exit code + capsys), never in subprocesses,
 except where the existing tests already do it (see the comments on the SIGKILL row).
@@ -870,3 +875,114 @@ def test_fuzz_mask_and_gzip_reader(tmp_path, body, prefix, name, compress):
             reader(path)
         except ImageReadError as exc:
             assert path.name in str(exc)
+
+
+# ---------------------------------------------------------------- issue #36: inputs
+# Reader level: test_io.py (HDR/PAM size checks, proportions, TIFF orientation and sample
+# formats, NaN, multi-frame notes); preprocess level: test_preprocess.py. Here: the commands.
+
+
+def _hdr_bomb(path: Path) -> Path:
+    """A 4 KB Radiance HDR named .png whose header declares 11000x11000 (OpenCV-only format)."""
+    path.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 11000 +X 11000\n" + bytes(4096))
+    return path
+
+
+def _reader_guard_source(root: Path) -> Path:
+    make_source(root, ["good", "bomb", "strip"])
+    _hdr_bomb(root / "images" / "bomb.png")
+    write_png(root / "images" / "strip.png", np.full((8, 2000, 3), 90, np.uint8))
+    write_png(root / "masks" / "strip.png", np.zeros((8, 2000), np.uint8))
+    return root
+
+
+def test_reader_guards_preprocess(tmp_path, capsys):
+    source = _reader_guard_source(tmp_path / "source")
+    before = snapshot(source)
+    out = tmp_path / "out"
+    result = cli(capsys, preprocess_cli.main, "--dataset", "folder", "--source", source,
+                 "--out", out, "--size", SIZE)
+    failed(result, "bomb.png: declares 11000x11000 pixels", "strip.png: is 2000x8 pixels",
+           "roughly square", "2 file(s) failed")
+    assert not (out / preprocess_cli.MANIFEST).exists() and not part_files(out)
+    assert snapshot(source) == before
+    # a multi-page TIFF is used (its first page) with a warning naming it
+    shutil.rmtree(out)
+    for name in ("bomb", "strip"):
+        (source / "images" / f"{name}.png").unlink()
+    pages = [Image.fromarray(generate_fundus(9 + k, SIZE).image) for k in range(2)]
+    pages[0].save(source / "images" / "pages.tif", save_all=True, append_images=pages[1:])
+    write_png(source / "masks" / "pages.png", generate_fundus(9, SIZE).vessels)
+    result = cli(capsys, preprocess_cli.main, "--dataset", "folder", "--source", source,
+                 "--out", out, "--size", SIZE)
+    assert result.code == 0, result.err
+    assert "warning: " in result.err and "pages.tif: holds 2 frames" in result.err
+
+
+def test_reader_guards_eval(tiny_run, tmp_path, capsys):
+    source = _reader_guard_source(tmp_path / "source")
+    out = tmp_path / "out"
+    result = cli(capsys, eval_cli.main, source / "images", "--run", tiny_run, "--out", out)
+    failed(result, "bomb.png: declares 11000x11000 pixels", "strip.png: is 2000x8 pixels")
+    assert (out / "good_mask.png").exists() and not list(out.glob("bomb_*"))
+    assert not list(out.glob("strip_*")) and not part_files(out)
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "containing"])
+def test_out_overlaps_source_preprocess(where, tmp_path, capsys):
+    source = make_source(tmp_path / "data" / "source", ["a", "b"])
+    before = snapshot(tmp_path / "data")
+    out = {"same": source, "inside": source / "out", "containing": tmp_path / "data"}[where]
+    result = cli(capsys, preprocess_cli.main, "--dataset", "folder", "--source", source,
+                 "--out", out, "--size", SIZE)
+    failed(result, str(out), "--source")
+    assert snapshot(tmp_path / "data") == before
+
+
+def test_overwrite_failure_keeps_earlier_output(tmp_path, capsys):
+    source = make_source(tmp_path / "source", ["a", "b", "c"])
+    out = tmp_path / "out"
+    base = ["--dataset", "folder", "--source", source, "--out", out, "--val-fraction", 0]
+    assert cli(capsys, preprocess_cli.main, *base, "--size", SIZE).code == 0
+    kept = snapshot(out)
+    truncated_png(source / "images" / "b.png")
+    result = cli(capsys, preprocess_cli.main, *base, "--size", 2 * SIZE, "--overwrite")
+    failed(result, "b.png: is not a readable image", "keeps the earlier output, unchanged")
+    assert snapshot(out) == kept and not part_files(out)
+
+
+BAD_MANIFESTS = {
+    "empty": (b"", "is empty"),
+    "binary": (bytes(range(256)) * 4, "not a readable manifest"),
+    "duplicate-id": (None, "appears 2 times"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_MANIFESTS))
+def test_bad_manifest_train(kind, tmp_path, capsys):
+    source = make_source(tmp_path / "source", ["a", "b", "c", "d"])
+    data = tmp_path / "data"
+    assert cli(capsys, preprocess_cli.main, "--dataset", "folder", "--source", source, "--out",
+               data, "--size", SIZE).code == 0
+    manifest = data / preprocess_cli.MANIFEST
+    content, fragment = BAD_MANIFESTS[kind]
+    if content is None:
+        lines = manifest.read_text().splitlines()
+        content = "\n".join([*lines, lines[-1]]).encode() + b"\n"
+    manifest.write_bytes(content)
+    runs = tmp_path / "runs"
+    result = cli(capsys, train_cli.main, "--data", data, "--runs-dir", runs, "--epochs", 1)
+    failed(result, str(manifest), fragment)
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "latin-1"])
+def test_train_config_not_utf8(encoding, tmp_path, capsys):
+    path = tmp_path / "my recipe.json"
+    text = json.dumps({"epochs": 2, "run_name": "équipe"}, ensure_ascii=False)
+    path.write_bytes(text.encode(encoding))
+    result = cli(capsys, train_cli.main, "--config", path, "--data", tmp_path / "data",
+                 "--runs-dir", tmp_path / "runs")
+    assert result.code == 2 and "error:" in result.err and "Traceback" not in result.err
+    assert str(path) in result.err and "UTF-8" in result.err, result.err
+    assert not (tmp_path / "runs").exists()

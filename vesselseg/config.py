@@ -289,12 +289,29 @@ def find_recipe(name: str | Path, folders: tuple[Path, ...] = (RECIPES_DIR,)) ->
 
 
 def load_config(cls: type[T], path: str | Path) -> T:
-    """Reload a config saved with save_config (or written by hand)."""
+    """Reload a config saved with save_config (or written by hand).
+
+    The file must be UTF-8 JSON (a UTF-8 byte-order mark is accepted); UTF-16 or other bytes
+    are a ConfigError naming the file, as is anything that is not a JSON object."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    save_as = "save it as UTF-8 text (JSON config files are UTF-8)"
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{path}: saved as UTF-16 text; {save_as}")
+    if b"\x00" in raw:
+        raise ConfigError(f"{path}: holds NUL bytes (UTF-16 text or binary data); {save_as}")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at position "
+                          f"{exc.start}); {save_as}") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
