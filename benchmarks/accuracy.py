@@ -51,7 +51,7 @@ def run_benchmark(dataset: str, source: str | Path, out: str | Path,
     if budget_minutes is not None:
         config = replace(config, budget_minutes=budget_minutes)
     config = replace(config, data=[str(data)], runs_dir=str(out / "runs"))
-    run = train(config, progress=progress)
+    run = train(config, progress=progress).path
     choose_setting_threshold(run, tta, scales)
     results = {"dataset": dataset, "recipe": str(recipe_path), **training_facts(run),
                **evaluate_run(run, data, run / "tests" / "benchmark", tta, progress,

@@ -75,7 +75,7 @@ def run_pretrained_benchmark(datasets: str | Path, out: str | Path, run: str | P
     if train_new:
         config = replace(config, data=[str(f) for f in folders.values()],
                          runs_dir=str(out / "runs"), init_from=init_from or config.init_from)
-        run = train(config, progress=progress)
+        run = train(config, progress=progress).path
         choose_setting_threshold(run, tta, scales)
         results.update(training_facts(run))
     results["model"] = str(run) if run else "shipped pretrained model"

@@ -42,4 +42,4 @@ def tiny_run(synthetic_preprocessed, tmp_path_factory) -> Path:
     from vesselseg.train import train
 
     runs = tmp_path_factory.mktemp("runs")
-    return train(tiny_config(synthetic_preprocessed, runs), progress=False)
+    return train(tiny_config(synthetic_preprocessed, runs), progress=False).path

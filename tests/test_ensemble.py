@@ -19,7 +19,7 @@ def other_run(synthetic_preprocessed, tmp_path_factory):
     from vesselseg.train import train
 
     runs = tmp_path_factory.mktemp("other_runs")
-    return train(tiny_config(synthetic_preprocessed, runs, seed=1), progress=False)
+    return train(tiny_config(synthetic_preprocessed, runs, seed=1), progress=False).path
 
 
 def _probability(run, image, fov):
@@ -63,7 +63,7 @@ def test_members_of_another_shape_are_refused(synthetic_preprocessed, tiny_run, 
     from vesselseg.train import train
 
     wider = train(tiny_config(synthetic_preprocessed, tmp_path / "runs", base_filters=8),
-                  progress=False)
+                  progress=False).path
     with pytest.raises(ConfigError, match="base_filters differs"):
         join_runs(str(tiny_run), str(wider), runs_dir=tmp_path / "joined")
     assert not (tmp_path / "joined").exists()

@@ -16,6 +16,7 @@ from vesselseg.callbacks import cosine_learning_rate
 from vesselseg.config import TrainConfig, load_config
 from vesselseg.errors import ConfigError
 from vesselseg.preprocess import load_preprocess_config
+from vesselseg.runs import RunFolder
 from vesselseg.train import (
     TrainingDiverged,
     build_callbacks,
@@ -28,8 +29,12 @@ RUN_FILES = ("config.json", "best.keras", "history.csv", "learning_curves.png", 
 
 
 def test_run_folder_has_every_file_and_a_falling_loss(synthetic_preprocessed, tmp_path):
-    run = train(tiny_config(synthetic_preprocessed, tmp_path, epochs=3, steps_per_epoch=4,
-                            learning_rate=3e-3), progress=False)
+    result = train(tiny_config(synthetic_preprocessed, tmp_path, epochs=3, steps_per_epoch=4,
+                               learning_rate=3e-3), progress=False)
+    run = result.path
+    assert result.run == RunFolder(run) and run.parent == tmp_path
+    assert list(result.history.epoch) == [0, 1, 2]
+    assert result.history.history["learning_rate"] == pytest.approx([3e-3] * 3)
     for name in RUN_FILES:
         assert (run / name).exists(), name
     history = pd.read_csv(run / "history.csv")
@@ -40,6 +45,7 @@ def test_run_folder_has_every_file_and_a_falling_loss(synthetic_preprocessed, tm
     assert config.base_filters == 4 and config.preprocess.size == 128
     threshold = json.loads((run / "threshold.json").read_text())
     assert 0.0 <= threshold["threshold"] <= 1.0 and threshold["validation_images"]
+    assert result.threshold == threshold["threshold"]
     environment = json.loads((run / "environment.json").read_text())
     assert environment["precision_policy"] in ("float32", "mixed_bfloat16")
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
@@ -52,7 +58,7 @@ def test_soft_labels_train_and_warn_when_the_data_has_none(synthetic_preprocesse
     from vesselseg.io import write_png
 
     run = train(tiny_config(synthetic_preprocessed, tmp_path / "runs", epochs=1,
-                            soft_labels=True), progress=False)
+                            soft_labels=True), progress=False).path
     assert load_config(TrainConfig, run / "config.json").soft_labels
     assert np.isfinite(pd.read_csv(run / "history.csv")["loss"]).all()
     assert "soft_labels" not in capsys.readouterr().err
@@ -67,8 +73,8 @@ def test_soft_labels_train_and_warn_when_the_data_has_none(synthetic_preprocesse
 
 def test_a_finished_run_is_never_reused(synthetic_preprocessed, tmp_path):
     config = tiny_config(synthetic_preprocessed, tmp_path, epochs=1, steps_per_epoch=1)
-    first = train(config, progress=False)
-    second = train(config, progress=False)
+    first = train(config, progress=False).path
+    second = train(config, progress=False).path
     assert first != second and first.exists() and second.exists()
 
 
@@ -214,7 +220,7 @@ def test_a_recipe_asking_for_other_preprocessing_names_the_fix(synthetic_preproc
         train(config, progress=False)
     assert not (tmp_path / "runs").exists()  # checked before any run folder is made
     assert train(tiny_config(synthetic_preprocessed, tmp_path / "runs", epochs=1,
-                             preprocess=used), progress=False).exists()
+                             preprocess=used), progress=False).path.exists()
 
 
 def test_window_views_train_and_the_run_works_at_the_stored_size(synthetic_preprocessed,
@@ -229,7 +235,7 @@ def test_window_views_train_and_the_run_works_at_the_stored_size(synthetic_prepr
         train(too_wide, progress=False)
     assert not (tmp_path / "runs").exists()
     run = train(tiny_config(synthetic_preprocessed, tmp_path / "runs", epochs=1,
-                            augment=AugmentConfig(window=64, pan=True)), progress=False)
+                            augment=AugmentConfig(window=64, pan=True)), progress=False).path
     segmenter = Segmenter.from_run(run)
     assert segmenter.working_size == 128 and segmenter.runs_whole
     image = np.zeros((150, 150, 3), np.uint8)
@@ -252,7 +258,7 @@ def test_a_wnet_trains_and_its_run_segments(synthetic_preprocessed, tmp_path):
     from vesselseg.inference import Segmenter
 
     run = train(tiny_config(synthetic_preprocessed, tmp_path, epochs=1, architecture="wnet"),
-                progress=False)
+                progress=False).path
     assert load_config(TrainConfig, run / "config.json").architecture == "wnet"
     image = np.zeros((100, 120, 3), np.uint8)
     assert Segmenter.from_run(run).predict(image).mask.shape == (100, 120)
@@ -278,7 +284,7 @@ def test_fine_tuning_starts_from_the_given_runs_weights(tiny_run, synthetic_prep
     config = replace(load_config(TrainConfig, tiny_run / "config.json"), runs_dir=str(tmp_path),
                      init_from=str(tiny_run), epochs=1, steps_per_epoch=1, learning_rate=1e-9,
                      min_learning_rate=1e-10)
-    run = train(config, progress=False)
+    run = train(config, progress=False).path
     assert load_config(TrainConfig, run / "config.json").init_from == str(tiny_run)
     _assert_same_kernels(tiny_run / "best.keras", run / "best.keras")
 
@@ -290,7 +296,7 @@ def test_a_wnet_grows_from_a_unet_run(tiny_run, tmp_path):
     config = replace(load_config(TrainConfig, tiny_run / "config.json"), runs_dir=str(tmp_path),
                      architecture="wnet", init_from=str(tiny_run), epochs=1, steps_per_epoch=1,
                      learning_rate=1e-9, min_learning_rate=1e-10)
-    grown = load_keras_model(train(config, progress=False) / "best.keras")
+    grown = load_keras_model(train(config, progress=False).path / "best.keras")
     unet = load_keras_model(tiny_run / "best.keras")
     for layer in unet.layers:
         if isinstance(layer, keras.layers.Conv2D):
@@ -341,7 +347,7 @@ def test_fine_tuning_the_shipped_model(make_synthetic_dataset, tmp_path):
                      preprocess=settings, init_from="pretrained", epochs=1, steps_per_epoch=1,
                      batch_size=1, budget_minutes=0.0, lr_schedule="plateau", learning_rate=1e-9,
                      min_learning_rate=1e-10)
-    run = train(config, progress=False)
+    run = train(config, progress=False).path
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert load_config(TrainConfig, run / "config.json").init_from == "pretrained"
     _assert_same_kernels(PRETRAINED_DIR / "best.keras", run / "best.keras")
@@ -411,7 +417,7 @@ def test_a_run_stopped_by_an_error_is_marked_failed_and_resumed_by_the_rerun(
     (run,) = list(tmp_path.iterdir())
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed" and "No space left on device" in status["reason"]
-    assert train(config, progress=False) == run  # the same folder, resumed
+    assert train(config, progress=False).path == run  # the same folder, resumed
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1, 2]
 
@@ -511,7 +517,8 @@ def test_a_kill_after_training_finishes_the_run_without_training_again(
     monkeypatch.undo()
     (run,) = list(tmp_path.iterdir())
     assert _status(run)["state"] == "running" and _epochs(run) == [0, 1]
-    train(config, progress=False, callbacks=[NoTraining()])
+    result = train(config, progress=False, callbacks=[NoTraining()])
+    assert result.path == run and result.history is None  # nothing trained by this call
     status = _status(run)
     assert status["state"] == "finished" and status["epochs"] == 2
     assert _epochs(run) == [0, 1] and (run / "threshold.json").exists()

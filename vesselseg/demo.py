@@ -33,7 +33,7 @@ def run_demo(out: str | Path, epochs: int = 6, size: int = 256, images: int = 16
     print("3/5 train (small model, a few epochs)")
     run = train(TrainConfig(data=[str(data)], run_name="demo", runs_dir=str(out / "runs"),
                             base_filters=8, depth=3, epochs=epochs, steps_per_epoch=6,
-                            batch_size=2), progress=False)
+                            batch_size=2), progress=False).path
     print(f"    run folder: {run}")
     print("4/5 test (native resolution, inside the FOV, pooled + per image)")
     segmenter = Segmenter.from_run(run)

@@ -1,10 +1,13 @@
 """`vesselseg train`: train a U-Net on preprocessed folders, one new run folder per run.
 
 The run folder (`runs.RunFolder`, under artifacts/runs/<timestamp>_<name>/) receives config.json
-(reloadable), best.keras, history.csv, learning_curves.png, tensorboard/, environment.json,
-status.json and, as the last step, threshold.json (`calibrate`). Re-running the same command after
-a crash resumes the unfinished run from its last completed epoch; a finished run is never touched
-again. Flags are made from `TrainConfig`'s fields; --config takes a recipe name or a JSON file.
+(reloadable), best.keras, history.csv (one row per epoch, with its learning_rate),
+learning_curves.png, tensorboard/, environment.json, status.json and, as the last step,
+threshold.json (`calibrate`). Re-running the same command after a crash resumes the unfinished
+run from its last completed epoch (`callbacks.TrainingState`), or only finishes it when training
+itself had ended; a finished run is never touched again. While a run trains, its folder is locked
+(`locks.hold_folder`): a second copy of the command refuses it. Flags are made from
+`TrainConfig`'s fields; --config takes a recipe name or a JSON file.
 """
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cli import add_config_arguments, config_overrides, run_cli
 from .config import PreprocessConfig, TrainConfig, find_recipe, from_dict, load_config
@@ -25,9 +29,28 @@ from .errors import ConfigError, VesselsegError
 from .io import write_text_atomic
 from .runs import RunFolder, config_fingerprint
 
+if TYPE_CHECKING:
+    import keras
+
 
 class TrainingDiverged(VesselsegError):
     """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the finished run, its threshold, and the Keras History of the
+    epochs this call trained (None when it trained none: training had ended before a kill, and
+    this call only finished the run)."""
+
+    run: RunFolder
+    history: keras.callbacks.History | None
+    threshold: float
+
+    @property
+    def path(self) -> Path:
+        """The run folder's path."""
+        return self.run.path
 
 
 def build_callbacks(config: TrainConfig, run: RunFolder | Path, best_so_far: float | None,
@@ -99,8 +122,9 @@ def check_preprocessing(asked: PreprocessConfig, used: PreprocessConfig, folder:
 
 
 def train(config: TrainConfig, devices: list[str] | None = None, progress: bool = True,
-          callbacks: list | None = None) -> Path:
-    """Train according to `config`; returns the run folder. The library function behind the CLI.
+          callbacks: list | None = None) -> TrainResult:
+    """Train according to `config` (or resume its unfinished run); returns a `TrainResult`
+    (`.run`, `.path`, `.history`, `.threshold`). The library function behind the CLI.
 
     `devices`: train with a MirroredStrategy over these (e.g. logical CPUs from
     `devices.split_cpu`); default: every GPU, else the CPU. `callbacks`: Keras callbacks run
@@ -160,7 +184,7 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
             with contextlib.suppress(OSError, VesselsegError):
                 run.update_status(state="failed", reason=f"{type(exc).__name__}: {exc}"[:1000])
             raise
-    return run.path
+    return TrainResult(run=run, history=history, threshold=threshold)
 
 
 def _claim_run(config: TrainConfig, held: contextlib.ExitStack) -> RunFolder:
@@ -312,10 +336,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _main(args: argparse.Namespace) -> int:
-    run = RunFolder(train(config_from_args(args), progress=not args.quiet))
-    status = run.status()
-    print(f"run folder: {run}\nepochs: {status['epochs']}, {status['seconds'] / 60:.1f} min, "
-          f"threshold (validation best F1): {status['threshold']:.3f}")
+    result = train(config_from_args(args), progress=not args.quiet)
+    status = result.run.status()
+    print(f"run folder: {result.run}\nepochs: {status['epochs']}, "
+          f"{status['seconds'] / 60:.1f} min, threshold (validation best F1): "
+          f"{result.threshold:.3f}")
     return 0
 
 
