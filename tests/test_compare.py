@@ -7,8 +7,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from vesselseg.compare import compare_runs, main
 from vesselseg import test as test_command
+from vesselseg.compare import compare_runs, main
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import subprocess
 import sys
 
 import cv2
-import pandas as pd
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from skimage import data as skdata
@@ -55,7 +55,8 @@ def test_multiscale_eval_writes_the_averaged_maps_and_records_the_setting(tiny_r
                  "--scales", "1,1.5", "--json"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["scales"] == [1.0, 1.5]
-    assert summary["settings"]["threshold_source"] == "validation, plain setting"  # none of its own yet
+    # no threshold of its own yet
+    assert summary["settings"]["threshold_source"] == "validation, plain setting"
     expected = Segmenter.from_run(tiny_run, scales=(1.0, 1.5)).predict(
         read_image(photos / "retina.jpg")).probability
     written = read_image(out / "retina_probability.png")

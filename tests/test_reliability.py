@@ -247,7 +247,7 @@ def test_bad_files_test(run_copy, tmp_path, capsys):
     (source / "images" / "good1.png").write_bytes(b"")
     result = cli(capsys, test_cli.main, "--run", run_copy, "--dataset", "folder", "--source",
                  source)
-    failed(result, "no image could be evaluated", "good1.png")
+    failed(result, "no image could be evaluated", "good1.png", code=3)
     assert not (run_copy / "tests").exists() or not list((run_copy / "tests").iterdir())
     assert snapshot(run_copy) == run_before
 

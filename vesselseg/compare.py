@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .evaluation import METRIC_NAMES
     from .errors import ConfigError
+    from .evaluation import METRIC_NAMES
 
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     unknown = [m for m in metrics if m not in METRIC_NAMES]

@@ -32,6 +32,12 @@ class DatasetError(InputError):
     """A dataset folder is missing, empty or inconsistent."""
 
 
+class NothingProcessed(InputError):
+    """Not one item (photo, image) could be processed: the command did nothing useful."""
+
+    exit_code = 3
+
+
 class ConfigError(VesselsegError):
     """A configuration file or value is invalid; the message names the key."""
 

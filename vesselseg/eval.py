@@ -28,7 +28,7 @@ from .cli import (
     run_cli,
     segmenter_from_args,
 )
-from .errors import DatasetError, VesselsegError
+from .errors import DatasetError, NothingProcessed, VesselsegError
 from .inference import Prediction, Segmenter
 from .io import is_image_file, read_image, write_png, write_text_atomic
 from .morphology import COLOUR_BY, save_centreline_figure
@@ -53,12 +53,6 @@ def morphology_columns() -> tuple[str, ...]:
 def result_columns(morphology: bool = True) -> tuple[str, ...]:
     return BASE_COLUMNS + (morphology_columns() if morphology else ())
 RESULTS, SUMMARY = "results.csv", "summary.json"
-
-
-class NothingProcessed(VesselsegError):
-    """Not a single photo could be segmented."""
-
-    exit_code = 3
 
 
 @dataclass

@@ -397,8 +397,8 @@ def load_photo(path: str | Path) -> tuple[np.ndarray, None]:
 
 
 ACCEPTED_INPUTS = ("an HxW, HxWx1, HxWx3 or HxWx4 array of uint8, uint16 (full range), "
-                   "another integer type (8- or 16-bit values) or floats in [0, 1]; a PIL image; an image file path; or a list / "
-                   "NxHxWxC array of these")
+                   "another integer type (8- or 16-bit values) or floats in [0, 1]; a PIL "
+                   "image; an image file path; or a list / NxHxWxC array of these")
 
 
 def _is_batch(image) -> bool:

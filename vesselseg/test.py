@@ -6,7 +6,7 @@ Outputs go into a new folder (inside the run, or in artifacts/tests/ for the shi
 --out is given): metrics.csv, calibre.csv (figures by vessel width), morphology.csv (the vessel
 measurements of prediction and annotation side by side), summary.json, roc_pr.png, and per image
 a probability PNG, a binary mask PNG and a comparison panel. The pooled metrics and a few panels
-also go to the run's TensorBoard log (RUN/tensorboard/test).
+also go to the run's TensorBoard log (RUN/tensorboard/test; with --out, OUT/tensorboard).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import pandas as pd
 
 from .cli import add_inference_arguments, add_run_argument, run_cli, segmenter_from_args
 from .datasets import read_dataset, reader_names
-from .errors import DatasetError, VesselsegError
+from .errors import DatasetError, NothingProcessed, VesselsegError
 from .evaluation import METRIC_NAMES, PooledEvaluator, summary_rows
 from .fov import estimate_fov
 from .inference import Segmenter
@@ -140,7 +140,8 @@ def run_test(segmenter: Segmenter, items: list[TestItem], out: str | Path,
         for job in jobs:
             job.result()
     if not evaluator.rows:
-        raise DatasetError("no image could be evaluated: " + "; ".join(m for _, m in failures))
+        raise NothingProcessed("no image could be evaluated: "
+                               + "; ".join(m for _, m in failures))
     pooled = evaluator.pooled()
     fitted = evaluator.per_image_threshold()
     table = pd.DataFrame(summary_rows(evaluator.rows, pooled),
@@ -308,9 +309,10 @@ def _main(args: argparse.Namespace) -> int:
         data_label = f"{args.dataset}:{args.source}"
     segmenter = segmenter_from_args(args)
     run = RunFolder.named(args.run or PRETRAINED_NAME)
-    final = None
+    final, created = None, True
     if args.out:
         out = Path(args.out)
+        created = not out.exists()
         if out.exists() and any(out.iterdir()):
             if not args.overwrite:
                 raise VesselsegError(f"{out}: output folder is not empty; pass --overwrite to "
@@ -318,13 +320,14 @@ def _main(args: argparse.Namespace) -> int:
             if not (out / "summary.json").exists():
                 raise VesselsegError(f"{out}: holds no earlier test result (summary.json), so "
                                      f"--overwrite will not replace it; choose a new --out")
-            final, out = out, new_folder(out.parent, f".{out.name}.new")
+            final, out, created = out, new_folder(out.parent, f".{out.name}.new"), True
     else:
         name = f"pretrained_{args.split}" if run.is_shipped else args.split
         out = run.output_folder(RunFolder.TESTS, name, "artifacts/tests")
-    created = not out.exists() or final is not None
-    # the shipped model's folder is part of the package: its logs go with the result instead
-    logdir = (out / "tensorboard") if run.is_shipped else run.path / "tensorboard" / "test"
+    # a result inside the run logs to the run's TensorBoard; one given its own --out (and the
+    # shipped model, part of the package) keeps its logs with it and leaves the run untouched
+    inside_run = not args.out and not run.is_shipped
+    logdir = run.path / "tensorboard" / "test" if inside_run else out / "tensorboard"
     try:
         report = run_test(segmenter, items, out, save_images=not args.no_images,
                           progress=not (args.quiet or args.json),
