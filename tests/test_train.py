@@ -279,14 +279,30 @@ def test_keep_decides_which_epoch_becomes_the_runs_model(keep, tmp_path):
         TrainConfig(keep="median")
 
 
-def test_fine_tuning_starts_from_the_given_runs_weights(tiny_run, synthetic_preprocessed,
-                                                        tmp_path):
-    config = replace(load_config(TrainConfig, tiny_run / "config.json"), runs_dir=str(tmp_path),
-                     init_from=str(tiny_run), epochs=1, steps_per_epoch=1, learning_rate=1e-9,
-                     min_learning_rate=1e-10)
+def test_fine_tuning_inherits_the_starting_runs_network(tiny_run, synthetic_preprocessed,
+                                                         tmp_path):
+    """From Python, the network settings left at their defaults (base 16, depth 4) are the
+    starting run's (base 4, depth 2): no mismatch to fix by hand."""
+    config = TrainConfig(data=[str(synthetic_preprocessed)], runs_dir=str(tmp_path),
+                         init_from=str(tiny_run), epochs=1, steps_per_epoch=1, batch_size=2,
+                         learning_rate=1e-9, min_learning_rate=1e-10)
     run = train(config, progress=False).path
-    assert load_config(TrainConfig, run / "config.json").init_from == str(tiny_run)
+    saved = load_config(TrainConfig, run / "config.json")
+    assert (saved.base_filters, saved.depth, saved.init_from) == (4, 2, str(tiny_run))
     _assert_same_kernels(tiny_run / "best.keras", run / "best.keras")
+
+
+def test_the_command_line_inherits_what_it_does_not_set(tiny_run, synthetic_preprocessed):
+    from vesselseg.train import build_parser, config_from_args
+
+    parse = build_parser().parse_args
+    base = ["--data", str(synthetic_preprocessed), "--init-from", str(tiny_run)]
+    config = config_from_args(parse(base))
+    assert (config.architecture, config.base_filters, config.depth) == ("unet", 4, 2)
+    assert config_from_args(parse([*base, "--depth", "2"])).depth == 2  # asked, and the same
+    grown = config_from_args(parse([*base, "--architecture", "wnet"]))  # may differ: grows
+    assert (grown.architecture, grown.base_filters, grown.depth) == ("wnet", 4, 2)
+    assert config_from_args(parse(["--data", str(synthetic_preprocessed)])).depth == 4
 
 
 def test_a_wnet_grows_from_a_unet_run(tiny_run, tmp_path):
@@ -317,14 +333,53 @@ def _assert_same_kernels(before_file, after_file):
     assert kernels and all(abs(a - b).max() < 1e-6 for a, b in kernels)
 
 
-def test_fine_tuning_a_different_network_names_the_difference(tiny_run, synthetic_preprocessed,
-                                                              tmp_path, capsys):
-    code = main(["--data", str(synthetic_preprocessed), "--runs-dir", str(tmp_path),
-                 "--base-filters", "8", "--depth", "2", "--init-from", str(tiny_run)])
+@pytest.mark.parametrize("asked, where", [
+    (["--base-filters", "8"], "base_filters 8 (set by --base-filters)"),
+    (["--depth", "4"], "depth 4 (set by --depth)"),  # the default, but asked for explicitly
+    ("recipe", "depth 3 (set by the recipe"),
+])
+def test_fine_tuning_a_network_asked_otherwise_names_both_values(
+        asked, where, tiny_run, synthetic_preprocessed, tmp_path, capsys):
+    if asked == "recipe":
+        recipe = tmp_path / "deeper.json"
+        recipe.write_text(json.dumps({"depth": 3}))
+        asked = ["--config", str(recipe)]
+    runs = tmp_path / "runs"
+    code = main(["--data", str(synthetic_preprocessed), "--runs-dir", str(runs), *asked,
+                 "--init-from", str(tiny_run)])
     assert code != 0
     error = capsys.readouterr().err
-    assert str(tiny_run) in error and "base_filters 4 (this run: 8)" in error
-    assert not any(tmp_path.iterdir())  # no run folder was made
+    assert f"this run asks for {where}" in error and str(tiny_run) in error
+    assert "trained with " + where.split()[0] in error and "leave those settings out" in error
+    assert not runs.exists()  # no run folder was made
+
+
+def test_fine_tuning_from_python_with_a_changed_network_is_refused(tiny_run,
+                                                                   synthetic_preprocessed,
+                                                                   tmp_path):
+    config = TrainConfig(data=[str(synthetic_preprocessed)], runs_dir=str(tmp_path / "runs"),
+                         init_from=str(tiny_run), depth=3)
+    with pytest.raises(ConfigError, match=r"depth 3 \(set in the TrainConfig\).*with depth 2"):
+        train(config, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_fine_tuning_on_data_preprocessed_otherwise_names_the_preprocess_flags(
+        tiny_run, synthetic_preprocessed, tmp_path, capsys):
+    from vesselseg.preprocess import SETTINGS
+
+    data = Path(shutil.copytree(synthetic_preprocessed, tmp_path / "clahe data"))
+    settings = json.loads((data / SETTINGS).read_text())
+    settings["config"]["enhancement"] = "clahe"
+    (data / SETTINGS).write_text(json.dumps(settings))
+    runs = tmp_path / "runs"
+    code = main(["--data", str(data), "--runs-dir", str(runs), "--init-from", str(tiny_run)])
+    assert code != 0
+    error = capsys.readouterr().err
+    assert (f"{tiny_run} was trained on data preprocessed with enhancement 'none', but {data} "
+            f"has enhancement 'clahe'") in error
+    assert "vesselseg preprocess --size 128 --enhancement none" in error
+    assert not runs.exists()
 
 
 def test_fine_tuning_from_a_folder_without_a_model_names_it(synthetic_preprocessed, tmp_path,

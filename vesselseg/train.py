@@ -128,14 +128,18 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
 
     `devices`: train with a MirroredStrategy over these (e.g. logical CPUs from
     `devices.split_cpu`); default: every GPU, else the CPU. `callbacks`: Keras callbacks run
-    after the run's own (they see its logs, and may stop training)."""
+    after the run's own (they see its logs, and may stop training). With `config.init_from`,
+    the network settings left at their defaults are the starting run's
+    (`finetune.inherit_from_init`)."""
     from .calibrate import choose_threshold
-    from .finetune import checked_init_weights
+    from .finetune import checked_init_weights, inherit_from_init
     from .losses import make_loss
     from .model import check_architecture
     from .pipeline import labels_are_binary, split_rows
     from .preprocess import load_preprocess_config, merged_manifest
 
+    # a fine-tuning run takes the starting run's network unless the config asks otherwise
+    config = inherit_from_init(config)
     folders = config.data
     settings = [load_preprocess_config(folder) for folder in folders]
     if any(s != settings[0] for s in settings[1:]):
@@ -328,11 +332,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    config = load_config(TrainConfig, find_recipe(args.config)) if args.config else TrainConfig()
+    """The TrainConfig of the command line: the recipe, then the flags; a fine-tuning run
+    (--init-from) inherits the network settings neither of them sets explicitly."""
+    from .finetune import inherit_from_init
+
+    explicit: dict[str, str] = {}
+    config = TrainConfig()
+    if args.config:
+        path = find_recipe(args.config)
+        config = load_config(TrainConfig, path)
+        raw = json.loads(path.read_text(encoding="utf-8"))  # valid: load_config read it
+        explicit.update({key: f"set by the recipe {path}" for key in raw})
+        if isinstance(raw.get("preprocess"), dict):
+            explicit.update({f"preprocess.{key}": f"set by the recipe {path}"
+                             for key in raw["preprocess"]})
+    flags = config_overrides(args, TrainConfig)
+    explicit.update({key: f"set by --{key.replace('_', '-')}" for key in flags})
     try:
-        return from_dict(TrainConfig, {**asdict(config), **config_overrides(args, TrainConfig)})
+        config = from_dict(TrainConfig, {**asdict(config), **flags})
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+    return inherit_from_init(config, explicit)
 
 
 def _main(args: argparse.Namespace) -> int:
