@@ -673,3 +673,22 @@ def test_malformed_settings_file_is_an_error_naming_it(tmp_path):
     (tmp_path / SETTINGS).write_bytes(b"\xff\xfe{\x00")
     with pytest.raises(DatasetError, match="preprocess.json: unreadable"):
         load_preprocess_config(tmp_path)
+
+
+def test_a_folder_held_by_another_command_is_refused(tmp_path, capsys):
+    from vesselseg.locks import LOCK_NAME, hold_folder
+
+    source = make_folder_dataset(tmp_path / "data", count=2)
+    out = tmp_path / "out"
+    base = ["--dataset", "folder", "--source", source, "--out", out, "--size", 64]
+    with hold_folder(out, command="preprocess"):
+        code, _, stderr = run(capsys, *base)
+        assert_failed(code, stderr, str(out), "in use by vesselseg preprocess")
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    assert not out.exists()  # the holder made it and left it empty
+    assert run(capsys, *base)[0] == 0 and not (out / LOCK_NAME).exists()
+    with hold_folder(out, command="train"):
+        code, _, stderr = run(capsys, *base, "--overwrite", "--size", 96)
+        assert_failed(code, stderr, "in use by vesselseg train")
+    assert run(capsys, *base, "--overwrite", "--size", 96)[0] == 0
+    assert not (out / LOCK_NAME).exists() and len(check_outputs(out, 96)) == 2

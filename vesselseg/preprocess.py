@@ -44,6 +44,7 @@ from .datasets.base import SPLITS, source_folder
 from .errors import DatasetError, ImageReadError, VesselsegError
 from .fov import estimate_fov
 from .io import is_plain_name, read_image, read_mask, write_png, write_text_atomic
+from .locks import LOCK_NAME, hold_folder
 from .transforms import coverage_to_model, to_model_input
 
 MANIFEST = "manifest.csv"
@@ -51,7 +52,7 @@ SETTINGS = "preprocess.json"
 #: The folders preprocess writes PNGs into (with MANIFEST and SETTINGS, all it ever writes).
 OUTPUT_FOLDERS = ("images", "vessels", "fov", "native_fov")
 #: A folder lock (vesselseg.locks) is no content: its file names start with this.
-_LOCK_PREFIX = ".vesselseg.lock"
+_LOCK_PREFIX = LOCK_NAME
 
 
 @dataclass
@@ -273,8 +274,17 @@ def _recover_interrupted_swap(out: Path) -> None:
 
 
 def _swap_in(new: Path, out: Path) -> None:
-    """Replace the earlier output `out` by the complete `new` (two renames, then a delete)."""
+    """Replace the earlier output `out` by the complete `new` (two renames, then a delete).
+
+    The lock we hold on `out` goes into `new` first, so the folder stays held throughout."""
     real, old = out.resolve(), _sibling(out, "old")
+    lock = real / LOCK_NAME
+    if lock.exists():
+        (new / LOCK_NAME).unlink(missing_ok=True)
+        try:
+            os.link(lock, new / LOCK_NAME)
+        except OSError:  # no hard links here: a copy says the same
+            shutil.copy2(lock, new / LOCK_NAME)
     os.rename(real, old)
     try:
         os.rename(new, real)
@@ -308,11 +318,24 @@ def preprocess_dataset(dataset: str, source: str | Path | None, out: str | Path,
 
     `on_sample_done(rows_written)` is called after each finished sample (progress reporting,
     or a test killing the process at an exact point). An interrupt (Ctrl-C) cancels the
-    samples not started yet and returns as soon as the running ones have written their files."""
+    samples not started yet and returns as soon as the running ones have written their files.
+
+    `out` is held (vesselseg.locks) for the whole run: a second preprocess, or a train, into
+    the same folder is refused with a message naming this one."""
     config = config or PreprocessConfig()
     out = Path(out)
     _check_out_and_source(out, source_folder(dataset, source))
     _recover_interrupted_swap(out)
+    _output_state(out)  # a file or a foreign folder is refused before any lock is written in it
+    with hold_folder(out, command="preprocess"):
+        return _preprocess_held(dataset, source, out, config, overwrite, skip_missing, workers,
+                                progress, on_sample_done)
+
+
+def _preprocess_held(dataset: str, source: str | Path | None, out: Path,
+                     config: PreprocessConfig, overwrite: bool, skip_missing: bool,
+                     workers: int, progress: bool,
+                     on_sample_done: Callable[[int], None] | None) -> PreprocessReport:
     settings = {"dataset": dataset, "source": str(Path(source).resolve()) if source else None,
                 "config": asdict(config)}
     state = _output_state(out)
