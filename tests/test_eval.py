@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -361,3 +362,15 @@ def test_rows_carry_the_vessel_measurements(tiny_run, photos, tmp_path):
     assert main([str(photos / "retina.jpg"), "--run", str(tiny_run), "--out", str(plain), "-q",
                  "--no-morphology"]) == 0
     assert "fd_mask" not in pd.read_csv(plain / "results.csv").columns
+
+
+def test_a_second_eval_into_a_busy_folder_is_refused(tiny_run, photos, tmp_path, capsys):
+    from vesselseg.locks import hold_folder
+
+    out = tmp_path / "out"
+    with hold_folder(out, "eval"):  # another eval is writing here
+        assert main([str(photos / "retina.jpg"), "--run", str(tiny_run), "--out",
+                     str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "eval" in err and str(os.getpid()) in err
+    assert not (out / "results.csv").exists()

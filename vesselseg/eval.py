@@ -31,6 +31,7 @@ from .cli import (
 from .errors import DatasetError, NothingProcessed, VesselsegError
 from .inference import Prediction, Segmenter
 from .io import is_image_file, read_image, write_png, write_text_atomic
+from .locks import hold_folder
 from .morphology import COLOUR_BY, save_centreline_figure
 from .outputs import new_folder, refuse_overlap, write_probability
 from .plots import overlay
@@ -412,17 +413,15 @@ def _eval(args: argparse.Namespace) -> int:
     if (out / SUMMARY).exists() and not (args.overwrite or args.resume):
         raise VesselsegError(f"{out / SUMMARY} already exists (an earlier eval); pass --resume "
                              f"to finish it, --overwrite to replace it, or choose another --out")
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        write_text_atomic(out / SUMMARY, json.dumps(
-            summary_record(segmenter, inputs, "running", started=started,
-                           morphology=morphology_options(args)), indent=2) + "\n")
-    except OSError:
-        if created:  # nothing could be written: leave no empty output folder behind
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
+    with hold_folder(out, "eval"):  # one eval per folder: a second one is refused
+        return _segment_into(out, args, inputs, segmenter, started)
+
+
+def _segment_into(out: Path, args: argparse.Namespace, inputs: Inputs, segmenter: Segmenter,
+                  started: str) -> int:
+    write_text_atomic(out / SUMMARY, json.dumps(
+        summary_record(segmenter, inputs, "running", started=started,
+                       morphology=morphology_options(args)), indent=2) + "\n")
 
     def report(result: EvalResult) -> None:
         if result.error:
