@@ -257,7 +257,7 @@ def test_a_killed_eval_resumes_with_every_photo_once(tiny_run, photos, tmp_path)
     import signal
     import time
 
-    folder = _folder_of_photos(tmp_path / "in", photos, 40)
+    folder = _folder_of_photos(tmp_path / "in", photos, 16)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "vesselseg.eval", str(folder), "--run", str(tiny_run),
                "--out", str(out), "-q", "--batch-size", "1"]
@@ -272,14 +272,14 @@ def test_a_killed_eval_resumes_with_every_photo_once(tiny_run, photos, tmp_path)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "eval finished before it could be killed"
     kept = pd.read_csv(table)
-    assert 3 <= len(kept) < 40
+    assert 3 <= len(kept) < 16
     assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
     rows = pd.read_csv(table)
     assert sorted(rows["image"]) == [str(p) for p in sorted(folder.iterdir())]
     assert list(rows["image"][:len(kept)]) == list(kept["image"])
     assert not list(out.rglob("*.part")) and not list(out.rglob(".*"))
     masks = sorted(p.name for p in out.glob("*_mask.png"))
-    assert masks == [f"p{i:03d}_mask.png" for i in range(40)]
+    assert masks == [f"p{i:03d}_mask.png" for i in range(16)]
 
 
 def test_subfolders_need_recursive_and_are_named_when_skipped(tiny_run, photos, tmp_path,
@@ -316,10 +316,11 @@ def test_quiet_prints_nothing_but_errors(tiny_run, photos, tmp_path, capsys):
     assert captured.out == "" and captured.err == ""
 
 
-def test_a_normal_run_prints_no_tensorflow_start_up_lines(photos, tmp_path):
+def test_a_normal_run_prints_no_tensorflow_start_up_lines(tiny_run, photos, tmp_path):
     """`vesselseg eval photo | grep -ci cuda` prints 0; --verbose brings TensorFlow's lines
     back (they exist on this machine: it has no GPU, so TensorFlow reports its CUDA probe)."""
-    command = [sys.executable, "-m", "vesselseg", "eval", str(photos / "retina.jpg")]
+    command = [sys.executable, "-m", "vesselseg", "eval", str(photos / "retina.jpg"), "--run",
+               str(tiny_run)]
     quiet = subprocess.run(command + ["--out", str(tmp_path / "a")], capture_output=True,
                            text=True)
     assert quiet.returncode == 0, quiet.stderr
