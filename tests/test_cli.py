@@ -99,3 +99,29 @@ def test_the_console_script_is_installed():
         pytest.skip("package not installed with its console scripts (pip install -e .)")
     done = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("vesselseg ")
+
+
+#: Commands with results worth printing as JSON (train and preprocess print a summary line).
+JSON_COMMANDS = ("calibrate", "test", "eval", "export", "compare")
+
+
+@pytest.mark.parametrize("module", REFERENCE_COMMANDS)
+def test_every_command_has_the_common_flags_and_documents_its_exit_status(module):
+    text = " ".join(help_text(module).split())
+    for flag in ("--version", "-q, --quiet", "-v, --verbose"):
+        assert flag in text, (module, flag)
+    assert "exit status: 0 done" in text
+    assert ("--json" in text) == (module in JSON_COMMANDS) or module in JSON_COMMANDS
+    if module in JSON_COMMANDS:
+        assert "--json" in text
+
+
+@pytest.mark.parametrize("module", ["calibrate", "export", "compare"])
+def test_version_flag_prints_the_package_version(module, capsys):
+    import importlib
+
+    from vesselseg import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(f"vesselseg.{module}").main(["--version"])
+    assert stop.value.code == 0 and __version__ in capsys.readouterr().out

@@ -204,6 +204,6 @@ def test_a_bad_setting_on_the_command_line_leaves_no_run_folder(tmp_path, capsys
     from vesselseg.train import main
 
     assert main(["--data", str(tmp_path), "--runs-dir", str(tmp_path / "runs"),
-                 "--steps-per-epoch", "-3"]) == 1
+                 "--steps-per-epoch", "-3"]) == 2
     assert "steps_per_epoch: -3 must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()

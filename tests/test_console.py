@@ -94,3 +94,15 @@ def test_the_shipped_model_loads_with_plain_keras_in_a_fresh_process():
                             cwd=os.path.dirname(PRETRAINED_DIR.parent.parent))
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout.split()[-1]) > 1_000_000
+
+
+def test_input_warnings_print_as_warning_lines(capsys):
+    import warnings
+
+    from vesselseg.console import warnings_as_lines
+    from vesselseg.io import InputWarning
+
+    with warnings_as_lines(), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("scan.tif: 3 frames; only the first is used", InputWarning, stacklevel=1)
+    assert capsys.readouterr().err == "warning: scan.tif: 3 frames; only the first is used\n"

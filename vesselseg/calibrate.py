@@ -112,12 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", nargs="+", metavar="FOLDER",
                         help="preprocessed folder(s) holding the run's validation images "
                              "(default: the folders it was trained on)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the run, setting and threshold as JSON")
     return parser
 
 
 def _main(args: argparse.Namespace) -> int:
     threshold = calibrate(args.run, args.tta, args.scales, args.data)
     setting = setting_key(args.tta, args.scales) or "plain setting"
+    if args.json:
+        import json
+
+        print(json.dumps({"run": str(args.run), "setting": setting, "threshold": threshold}))
+        return 0
     print(f"{args.run}: threshold {threshold:.3f} for {setting} (validation best F1, every "
           f"image weighing the same)")
     return 0

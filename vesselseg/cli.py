@@ -31,9 +31,9 @@ def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
     if not args.verbose:
         # must be set before TensorFlow is imported, which every command does lazily in `main`
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .console import native_log_filter
+    from .console import native_log_filter, warnings_as_lines
 
-    with native_log_filter(enabled=not args.verbose):
+    with native_log_filter(enabled=not args.verbose), warnings_as_lines():
         try:
             return main(args)
         except VesselsegError as exc:
@@ -214,6 +214,7 @@ def help_text(module: str, width: int = HELP_WIDTH) -> str:
     import importlib
 
     parser = importlib.import_module(f"vesselseg.{module}").build_parser()
+    add_common_arguments(parser)  # as run_cli adds them
     saved = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(width)
     try:

@@ -68,6 +68,28 @@ def native_log_filter(enabled: bool = True) -> Iterator[None]:
         os.close(original)
 
 
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Within the block, vesselseg's input warnings (io.InputWarning: a multi-page file, clipped
+    values...) print as `warning: <file>: <what>` lines like the commands' own, not as Python's
+    two-line warning with a source location."""
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__name__ == "InputWarning":
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def _forward(read_end: int, target: int) -> None:
     with os.fdopen(read_end, "rb", buffering=0) as pipe:
         pending = b""

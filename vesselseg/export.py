@@ -369,11 +369,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--json", action="store_true",
+                        help="print the export's path, format, size and check as JSON")
     return parser
 
 
 def _main(args: argparse.Namespace) -> int:
     result = export_run(args.run, args.fmt, args.out, overwrite=args.overwrite, opset=args.opset)
+    if args.json:
+        import json
+
+        print(json.dumps({"path": str(result.path), "format": result.format,
+                          "size": result.size, "max_abs_diff": result.max_abs_diff,
+                          "seconds": result.seconds}))
+        return 0
     print(f"exported {result.format}: {result.path}")
     print(f"input [N, {result.size}, {result.size}, 3] float32 -> vessel probability "
           f"[N, {result.size}, {result.size}, 1]")
