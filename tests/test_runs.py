@@ -102,3 +102,29 @@ def test_a_malformed_threshold_file_is_an_error_naming_it(tmp_path, record):
     run.threshold_path.write_text(record)
     with pytest.raises(RunFolderError, match="threshold.json"):
         run.threshold("flips")
+
+
+@pytest.mark.parametrize("key, value, built", [("depth", 3, "2"), ("base_filters", 8, "4"),
+                                               ("architecture", "wnet", "'unet'"),
+                                               ("batch_norm", False, "True"),
+                                               ("dropout", 0.2, "0.0")])
+def test_a_config_edited_after_training_is_refused_naming_the_file_and_key(
+        key, value, built, tiny_run, tmp_path):
+    """config.json describing another network than best.keras (an edited depth...) would build
+    that network around the weights: loading the run names the file and the key instead."""
+    import shutil
+
+    from vesselseg.inference import Segmenter
+
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    for name in (RunFolder.MODEL, RunFolder.CONFIG, RunFolder.STATUS, RunFolder.THRESHOLD):
+        shutil.copy(tiny_run / name, run.path / name)
+    assert run.config().depth == 2  # as trained: accepted
+    config = json.loads(run.config_path.read_text())
+    run.config_path.write_text(json.dumps({**config, key: value}))
+    expected = f"{run.config_path}: {key} is {value!r} but the model was built with {built}"
+    with pytest.raises(RunFolderError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        run.config()
+    with pytest.raises(RunFolderError, match="does not describe the run's model"):
+        Segmenter.from_run(run)

@@ -41,6 +41,42 @@ def config_fingerprint(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: Most bytes of a .keras archive's architecture description read (a real one is ~100 KB).
+MAX_ARCHITECTURE_BYTES = 64 * 2**20
+
+
+def model_settings(path: str | Path) -> dict | None:
+    """The network settings (architecture, base_filters, depth, batch_norm, dropout) of a .keras
+    file holding a vesselseg U-Net or W-Net, read from its architecture description (which is
+    only read, never run); None for any other file."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if archive.getinfo("config.json").file_size > MAX_ARCHITECTURE_BYTES:
+                return None
+            description = json.loads(archive.read("config.json"))
+        layers = [layer for layer in description["config"]["layers"] if isinstance(layer, dict)]
+        by_name = {layer["config"]["name"]: layer for layer in layers}
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        return None
+    wnet = "first_down0_conv1" in by_name
+    prefix = "first_" if wnet else ""
+    first = by_name.get(f"{prefix}down0_conv1")
+    if first is None or not isinstance(first.get("config", {}).get("filters"), int):
+        return None
+    dropout = next((layer["config"].get("rate") for layer in layers
+                    if layer.get("class_name") == "SpatialDropout2D"), 0.0)
+    return {"architecture": "wnet" if wnet else "unet",
+            "base_filters": first["config"]["filters"],
+            "depth": sum(1 for name, layer in by_name.items()
+                         if name.startswith(f"{prefix}pool")
+                         and layer.get("class_name") == "MaxPooling2D"),
+            "batch_norm": any("BatchNormalization" in str(layer.get("class_name"))
+                              for layer in layers),
+            "dropout": float(dropout) if isinstance(dropout, (int, float)) else dropout}
+
+
 def user_cache_dir() -> Path:
     """Where vesselseg keeps files it makes for the shipped model (its exports): never inside
     the installed package. $VESSELSEG_CACHE, else $XDG_CACHE_HOME/vesselseg, else ~/.cache."""
@@ -181,7 +217,29 @@ class RunFolder:
 
     # -- contents --------------------------------------------------------------------------
     def config(self) -> TrainConfig:
-        return load_config(TrainConfig, self.config_path)
+        """The run's TrainConfig, checked to describe the network in its best.keras (a
+        config.json edited after training would build another network around its weights)."""
+        config = load_config(TrainConfig, self.config_path)
+        self.check_config_matches_model(config)
+        return config
+
+    def check_config_matches_model(self, config: TrainConfig) -> None:
+        """Raise a RunFolderError naming config.json and each key whose value differs from the
+        network saved in best.keras. Files that are not a vesselseg U-Net or W-Net (other
+        architectures, no model yet) are not checked here: the model loader reports them."""
+        if config.architecture not in ("unet", "wnet") or not self.model_path.exists():
+            return
+        built = model_settings(self.model_path)
+        if built is None:
+            return
+        differences = [f"{key} is {getattr(config, key)!r} but the model was built with "
+                       f"{value!r}" for key, value in built.items()
+                       if getattr(config, key) != value]
+        if differences:
+            raise RunFolderError(
+                f"{self.config_path}: {'; '.join(differences)} ({self.model_path.name}); this "
+                f"config.json does not describe the run's model (edited after training, or "
+                f"copied from another run): put back the values the model was trained with")
 
     def save_config(self, config: TrainConfig) -> None:
         save_config(config, self.config_path)
