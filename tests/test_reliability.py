@@ -19,6 +19,10 @@ Every failing case checks the same four promises:
 | output not writable / disk full | preprocess, eval, train | test_unwritable_output_* |
 | preprocess killed half-way, re-run | preprocess | test_preprocess_*killed_then_rerun |
 | training SIGKILLed, re-run | train | test_train_killed_state_is_resumed (+ test_train.py) |
+| training killed at other moments; damaged resume state | train | test_train.py (kills) |
+| disk full while the training state is written | train | test_train.py (full_disk) |
+| two copies of `train` on one run folder | train | test_locks.py (second_train) |
+| config.json edited after training | test, eval, calibrate | test_runs.py (edited) |
 | NaN loss | train | test_train_nan_loss_keeps_best_model |
 | .keras file with a Lambda layer or other code | test, eval | test_model_with_code_* |
 | config with unknown keys or wrong types | train | test_train_bad_config_* |
@@ -715,7 +719,11 @@ def test_preprocess_sigkilled_then_rerun(tmp_path):
 # The real thing (a training subprocess SIGKILLed after epoch 2 by a callback, then re-run:
 # resumes at epoch 3 in the same folder) is
 # test_train.py::test_a_killed_run_resumes_at_the_right_epoch; not repeated here (two trainings
-# in subprocesses). This cheap check covers what a re-run sees after the kill.
+# in subprocesses). Kills at other moments (mid-write of the resume state, between the state and
+# history.csv, after fit but before the run is finished) and a truncated state file are
+# test_train.py::test_a_damaged_resume_state_falls_back_to_the_one_before and ::test_a_kill_*
+# (in-process, a BaseException where the SIGKILL would be). This cheap check covers what a
+# re-run sees after the kill.
 
 
 def test_train_killed_state_is_resumed(synthetic_preprocessed, tmp_path):
