@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from .cli import add_config_arguments, config_overrides, run_cli
 from .config import PreprocessConfig, TrainConfig, find_recipe, from_dict, load_config
+from .console import is_terminal
 from .errors import ConfigError, VesselsegError
 from .io import write_text_atomic
 from .runs import RunFolder, config_fingerprint
@@ -273,7 +274,7 @@ def _fit(config: TrainConfig, run: RunFolder, loss, init_weights: dict | None,
                             steps_per_epoch=steps_per_epoch(train_rows, global_batch,
                                                             config.steps_per_epoch),
                             callbacks=own + list(callbacks or []), shuffle=False,
-                            verbose=1 if progress else 2)
+                            verbose=1 if progress and is_terminal(sys.stdout) else 2)
     seconds = time.monotonic() - start
     losses = [row.get("loss", math.nan) for row in state.rows]
     weights_watch = next(c for c in own if isinstance(c, StopOnNonFiniteWeights))
@@ -327,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a recipe name (pretrained, finetune, drive, chase: the package's "
                              "recipes) or a JSON file of TrainConfig keys; flags override it")
     add_config_arguments(parser, TrainConfig)
-    parser.add_argument("--quiet", action="store_true", help="one line per epoch")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="one line per epoch, no progress bars")
     return parser
 
 
