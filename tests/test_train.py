@@ -611,3 +611,16 @@ def test_a_full_disk_while_saving_the_state_fails_in_one_line_and_the_rerun_resu
     assert main(argv) == 0
     assert _status(run)["state"] == "finished" and _epochs(run) == [0, 1, 2]
     assert not [path for path in run.rglob("*") if ".part" in path.name]
+
+
+def test_training_puts_the_global_dtype_policy_back(synthetic_preprocessed, tmp_path):
+    """A notebook user's own Keras models must not inherit a run's mixed precision."""
+    import keras
+    from run_fixtures import tiny_config
+
+    from vesselseg.train import train
+
+    assert keras.mixed_precision.global_policy().name == "float32"
+    train(tiny_config(synthetic_preprocessed, tmp_path, precision="bfloat16", epochs=1),
+          progress=False)
+    assert keras.mixed_precision.global_policy().name == "float32"

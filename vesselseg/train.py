@@ -131,7 +131,19 @@ def train(config: TrainConfig, devices: list[str] | None = None, progress: bool 
     `devices.split_cpu`); default: every GPU, else the CPU. `callbacks`: Keras callbacks run
     after the run's own (they see its logs, and may stop training). With `config.init_from`,
     the network settings left at their defaults are the starting run's
-    (`finetune.inherit_from_init`)."""
+    (`finetune.inherit_from_init`). Keras's global dtype policy, which training sets to the
+    run's precision, is put back afterwards: the caller's own models are not affected."""
+    import keras
+
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(config, devices, progress, callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(config: TrainConfig, devices: list[str] | None, progress: bool,
+           callbacks: list | None) -> TrainResult:
     from .calibrate import choose_threshold
     from .finetune import checked_init_weights, inherit_from_init
     from .losses import make_loss
