@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := artifacts/demo
 
-.PHONY: venv demo test test-fast lint
+.PHONY: venv demo test test-fast lint notebook
 
 $(BIN)/activate: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,8 @@ test-fast: venv lint
 
 demo: venv
 	$(BIN)/python -m vesselseg.demo --out $(DEMO)
+
+# Execute the walkthrough in place, so that it is committed with its outputs and figures
+# (tests/test_notebook.py executes a copy of it too).
+notebook: venv
+	$(BIN)/python notebooks/execute.py
