@@ -858,7 +858,7 @@ def test_train_bad_config(kind, synthetic_preprocessed, tmp_path, capsys):
     path = tmp_path / "my config.json"
     path.write_text(json.dumps({"runs_dir": str(tmp_path / "runs"), **values}))
     result = cli(capsys, train_cli.main, "--config", path, "--data", synthetic_preprocessed)
-    failed(result, str(path), *fragments)
+    failed(result, str(path), *fragments, code=2)  # a ConfigError: a usage error
     assert not (tmp_path / "runs").exists()
 
 
