@@ -54,6 +54,9 @@ def morphology_columns() -> tuple[str, ...]:
 def result_columns(morphology: bool = True) -> tuple[str, ...]:
     return BASE_COLUMNS + (morphology_columns() if morphology else ())
 RESULTS, SUMMARY = "results.csv", "summary.json"
+#: eval's default batch: 2 keeps 12 full-size HRF photos under 2 GB peak memory, where 4 took
+#: 2.5 GB for 10 % more speed on a 2-core CPU (benchmarks.eval_resources; docs/speed.md).
+EVAL_BATCH = 2
 
 
 @dataclass
@@ -281,7 +284,7 @@ def segment_images(segmenter: Segmenter, inputs: Inputs | list[Path], out: str |
         jobs: list[Future] = []
         for path, prediction in progress(stream, total=len(todo), desc="eval", quiet=quiet):
             jobs.append(writer.submit(finish, path, photos.pop(path, None), prediction))
-            while sum(not job.done() for job in jobs) > 2:  # bounded: predictions are large
+            while sum(not job.done() for job in jobs) > 1:  # bounded: predictions are large
                 time.sleep(0.005)
             results.extend(job.result() for job in jobs if job.done())
             jobs = [job for job in jobs if not job.done()]
@@ -317,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--figure", choices=COLOUR_BY,
                         help="also draw each photo's centreline coloured by vessel width or "
                              "tortuosity (<name>_width.png / <name>_tortuosity.png)")
-    parser.add_argument("--batch-size", type=_positive, metavar="N",
-                        help="photos per model call (default: 4)")
+    parser.add_argument("--batch-size", type=_positive, metavar="N", default=EVAL_BATCH,
+                        help=f"photos per model call (default: {EVAL_BATCH}; larger batches "
+                             f"take more memory for little speed on a CPU, more on a GPU)")
     parser.add_argument("--json", action="store_true",
                         help="print the results as JSON (a list of rows) at the end")
     parser.add_argument("--overwrite", action="store_true",
@@ -395,6 +399,9 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from .process import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before the reader and writer threads start
     inputs = collect_images(args.inputs, recursive=args.recursive)
     if args.resume and not args.out:
         raise VesselsegError("--resume needs the --out folder of the eval to continue")

@@ -293,14 +293,16 @@ class Segmenter:
         return Prediction(native, (native >= self.threshold) & fov, fov, self.threshold)
 
     def predict_many(self, items: Iterable, load: Callable[[object], tuple],
-                     workers: int = 2, prefetch: int = 4) -> Iterator[tuple[object, object]]:
+                     workers: int = 2, prefetch: int | None = None
+                     ) -> Iterator[tuple[object, object]]:
         """Yield (item, Prediction or VesselsegError) in order. Reading and preparing the next
         photos runs in threads while the model works on the current batch (multi-scale: one
         photo at a time, each prepared at every scale).
 
-        At most `prefetch` prepared photos wait, plus `workers` being read, whatever the number
-        of items: memory stays bounded on a folder of 100,000 photos. A photo that cannot be
-        read or prepared, out of memory included, is that photo's error, never a hang."""
+        At most `prefetch` (default: a batch) prepared photos wait, plus `workers` being read,
+        whatever the number of items: memory stays bounded on a folder of 100,000 photos. A
+        photo that cannot be read or prepared, out of memory included, is that photo's error,
+        never a hang."""
         multiscale = self.scales != (1.0,)
 
         def prepare(item):
@@ -317,7 +319,7 @@ class Segmenter:
                 return item, VesselsegError(f"{item}: not enough memory to read and prepare "
                                             f"this photo")
 
-        ready: queue.Queue = queue.Queue(maxsize=prefetch)
+        ready: queue.Queue = queue.Queue(maxsize=prefetch or self.batch_size)
         done, stop = object(), threading.Event()
 
         def put(entry) -> None:
