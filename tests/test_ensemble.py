@@ -86,7 +86,7 @@ def test_cli_joins_and_reports_bad_members(tiny_run, other_run, tmp_path, capsys
                  "--name", "pair"]) == 0
     assert "threshold" in capsys.readouterr().out
     assert [p.name.endswith("_pair") for p in tmp_path.iterdir()] == [True]
-    assert main([str(tiny_run), str(tmp_path / "missing"), "--runs-dir", str(tmp_path)]) == 1
+    assert main([str(tiny_run), str(tmp_path / "missing"), "--runs-dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "ensemble member" in error and "missing" in error
 
