@@ -6,6 +6,8 @@ model: peak RSS is the child's maximum resident set (getrusage), time to first r
 time until results.csv holds its first data row. Photos are read in place.
 
     python -m benchmarks.eval_resources --source ../shared/datasets/HRF --photos 12
+    python -m benchmarks.eval_resources --source ../shared/datasets/DRIVE/test --photos 20 \
+        --morphology-cost
 """
 from __future__ import annotations
 
@@ -74,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "%(default)s)")
     parser.add_argument("--no-morphology", action="store_true",
                         help="measure eval without the vessel measurements")
+    parser.add_argument("--morphology-cost", action="store_true",
+                        help="also time the same photos without the measurements and print "
+                             "the ratio (issue target: at most 1.5x)")
     return parser
 
 
@@ -85,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"eval of {len(photos)} photos from {args.source}: peak RSS {gigabytes:.2f} GB "
           f"(target {TARGET_PEAK_GB:g} GB: {'met' if gigabytes <= TARGET_PEAK_GB else 'MISSED'})"
           f", {seconds:.1f} s, {seconds / len(photos):.2f} s per photo")
+    if args.morphology_cost and not args.no_morphology:
+        _, without = peak_rss(photos, ["--no-morphology"])
+        print(f"same photos without the measurements: {without:.1f} s; with them "
+              f"{seconds / without:.2f}x that (target at most 1.5x)")
     best = min(first_row_seconds(photos[0], extra) for _ in range(args.repeat))
     print(f"time to the first result row for one photo ({photos[0].name}): {best:.2f} s "
           f"(best of {args.repeat}, from process start)")
