@@ -113,9 +113,9 @@ def eval_throughput(segmenter, drive: Path) -> dict:
 
     images = sorted((drive / "test" / "images").iterdir())
     with tempfile.TemporaryDirectory() as tmp:
-        segment_images(segmenter, images[:4], Path(tmp) / "warmup", progress=False)
+        segment_images(segmenter, images[:4], Path(tmp) / "warmup", quiet=True)
         start = time.perf_counter()
-        segment_images(segmenter, images, Path(tmp) / "out", progress=False)
+        segment_images(segmenter, images, Path(tmp) / "out", quiet=True)
         seconds = time.perf_counter() - start
     return {"images": len(images), "images_per_s": len(images) / seconds}
 
@@ -129,7 +129,7 @@ def host_seconds_per_photo(segmenter, drive: Path) -> dict[str, float]:
     and write the three outputs); "total" is their sum. On a machine whose cores the model
     already fills, this work cannot hide behind it: it bounds the end-to-end/model-only ratio.
     The model's real maps are computed first, untimed, so the PNGs compress what eval writes."""
-    from vesselseg.eval import OUTPUT_KINDS, _write
+    from vesselseg.eval import OUTPUT_KINDS, _write_outputs
     from vesselseg.io import read_image
 
     images = sorted((drive / "test" / "images").iterdir())
@@ -149,7 +149,7 @@ def host_seconds_per_photo(segmenter, drive: Path) -> dict[str, float]:
             image = timed("read", read_image, path)
             _, fov, box = timed("prepare", segmenter.prepare, image)
             prediction = timed("map back", segmenter.finish, probability, fov, box)
-            timed("PNGs", _write, outputs, image, prediction)
+            timed("PNGs", _write_outputs, outputs, image, prediction)
     per_photo = {stage: total / len(images) for stage, total in seconds.items()}
     return {**per_photo, "total": sum(per_photo.values())}
 
@@ -233,11 +233,11 @@ def pixel_scaling(segmenter, photo: Path, tmp: Path) -> list[dict]:
         resized = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
         path = tmp / f"scaled_{index}.png"
         write_png(path, resized)
-        segment_images(segmenter, [path], tmp / f"warm_{index}", progress=False)
+        segment_images(segmenter, [path], tmp / f"warm_{index}", quiet=True)
         times = []
         for repeat in range(3):
             start = time.perf_counter()
-            segment_images(segmenter, [path], tmp / f"out_{index}_{repeat}", progress=False)
+            segment_images(segmenter, [path], tmp / f"out_{index}_{repeat}", quiet=True)
             times.append(time.perf_counter() - start)
         rows.append({"width": resized.shape[1], "height": resized.shape[0],
                      "pixels": resized.shape[0] * resized.shape[1],
@@ -416,7 +416,7 @@ def measure(source: Path, drive: Path, hrf: Path, say=print, precision: str = "f
                 "from vesselseg.eval import segment_images\n"
                 f"segment_images(Segmenter.from_run({str(source)!r}, precision={precision!r}), "
                 f"[Path({str(photo)!r})], "
-                f"Path({tmp!r}) / 'o', progress=False)")
+                f"Path({tmp!r}) / 'o', quiet=True)")
         figures["hrf_eval_peak_rss_mb"] = peak_rss_mb(code)
         say(f"  peak RSS {figures['hrf_eval_peak_rss_mb']:.0f} MB (target <= "
             f"{TARGETS['hrf_rss_mb']:.0f} MB) "

@@ -75,8 +75,8 @@ def test_eval_host_work_is_timed_by_stage_on_the_models_real_maps(tiny_run, synt
     photos = tmp_path / "drive" / "test" / "images"  # the DRIVE layout the benchmark reads
     shutil.copytree(synthetic_dataset / "images", photos)
     written = []
-    real_write = eval_module._write
-    monkeypatch.setattr(eval_module, "_write", lambda outputs, image, prediction: (
+    real_write = eval_module._write_outputs
+    monkeypatch.setattr(eval_module, "_write_outputs", lambda outputs, image, prediction: (
         written.append(prediction.probability), real_write(outputs, image, prediction)))
     segmenter = Segmenter.from_run(tiny_run)
     stages = host_seconds_per_photo(segmenter, tmp_path / "drive")

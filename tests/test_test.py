@@ -88,7 +88,7 @@ def test_a_manifest_id_that_is_a_path_is_refused(tmp_path):
                   "vessels": ["v.png"], "fov": ["f.png"], "native_image": ["a.png"],
                   "native_annotation": ["b.png"], "native_fov": [""],
                   "fov_source": ["estimated"]}).to_csv(tmp_path / "manifest.csv", index=False)
-    with pytest.raises(DatasetError, match="manifest.csv: id '../../x' is not a plain file"):
+    with pytest.raises(DatasetError, match=r"manifest.csv:2: id '../../x' is not a plain file"):
         items_from_manifest(tmp_path)
 
 

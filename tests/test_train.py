@@ -399,6 +399,7 @@ def test_fine_tuning_the_shipped_model(make_synthetic_dataset, tmp_path):
     preprocess_dataset("folder", make_synthetic_dataset(count=4, size=160), data, settings,
                        progress=False)
     config = replace(shipped, data=[str(data)], runs_dir=str(tmp_path / "runs"),
+                     augment=replace(shipped.augment, window=128),  # one small training step
                      preprocess=settings, init_from="pretrained", epochs=1, steps_per_epoch=1,
                      batch_size=1, budget_minutes=0.0, lr_schedule="plateau", learning_rate=1e-9,
                      min_learning_rate=1e-10)

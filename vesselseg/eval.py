@@ -6,6 +6,9 @@ status), written the moment that photo is done, so a killed run keeps its finish
 `--resume` does only the rest. summary.json records vesselseg's and the model's versions and the
 settings. Any size; JPEG, PNG, TIFF, GIF, PPM, BMP; grayscale, RGBA and 16-bit are converted. A
 broken file is a failed row, not a failed run.
+
+Over 350 lines: input collection, per-photo rows, resume and the command are one workflow step;
+the results file itself lives in `results`.
 """
 from __future__ import annotations
 

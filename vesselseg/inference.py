@@ -5,6 +5,9 @@ model was trained with and its decision threshold. It prepares a photo exactly a
 predicts at its working size (whole up to 1.5x the training size, tiled with overlap beyond:
 `tiling`), optionally averages flipped copies (TTA) and several magnifications (multi-scale),
 and maps probabilities back onto the photo's native pixel grid.
+
+Over 350 lines: the Segmenter with its input contract and batched streaming; the pure pieces
+live in `tiling` and `backends`.
 """
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ One reader for every decoder: the size a file declares in its header (PIL's, or 
 here for what PIL cannot decode correctly: TIFF, Radiance HDR, PFM) is checked before any pixel is
 decoded: at most MAX_PIXELS pixels, MAX_SIDE pixels a side, an aspect ratio of MAX_ASPECT:1 and
 MAX_DECODED_BYTES of samples. A file whose size no header gives is refused.
+
+Over 350 lines: one reader with the same guards for every decoder (header sizes, orientation,
+bit depths) and the atomic writers; kept together so no decoder can bypass a guard.
 """
 from __future__ import annotations
 

@@ -15,6 +15,9 @@ A value is NaN only when it is undefined for the image (no vessel, no FOV, a FOV
 measure, a mask that fills the FOV); `reason` then says why, and is "" otherwise. skan (the
 vessel graph) is imported on first use: it brings numba, whose first call in a process compiles
 for a few seconds (`warm_up` does it ahead of time).
+
+Over 350 lines: every measurement with its definition beside the others it shares skeletons and
+scales with, plus the centreline figure.
 """
 from __future__ import annotations
 

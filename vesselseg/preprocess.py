@@ -15,6 +15,9 @@ Nothing but its own outputs is ever replaced: `--out` may not be, contain or lie
 the files of an earlier preprocess (preprocess.json, manifest.csv and its PNG folders) and only
 once the new output is complete: it is built in a sibling folder `.<out>.preprocess-new` and
 swapped in at the end, so a failure half-way leaves the earlier output as it was.
+
+Over 350 lines: preprocessing with its never-lose-data output handling (staging, swap, recovery)
+and manifest validation, which must change together.
 """
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ Outputs go into a new folder (inside the run, or in artifacts/tests/ for the shi
 measurements of prediction and annotation side by side), summary.json, roc_pr.png, and per image
 a probability PNG, a binary mask PNG and a comparison panel. The pooled metrics and a few panels
 also go to the run's TensorBoard log (RUN/tensorboard/test; with --out, OUT/tensorboard).
+
+Over 350 lines: the test protocol with its outputs (metrics, morphology, TensorBoard) and the
+command.
 """
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ run from its last completed epoch (`callbacks.TrainingState`), or only finishes 
 itself had ended; a finished run is never touched again. While a run trains, its folder is locked
 (`locks.hold_folder`): a second copy of the command refuses it. Flags are made from
 `TrainConfig`'s fields; --config takes a recipe name or a JSON file.
+
+Over 350 lines: the training run's life cycle (checks, resume, divergence, finishing) and the
+command.
 """
 from __future__ import annotations
 
