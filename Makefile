@@ -20,11 +20,13 @@ venv: $(BIN)/activate
 lint: venv
 	$(BIN)/ruff check vesselseg benchmarks experiments tests
 
+# Two workers (the machine's two cores), one test file per worker at a time: about 11 minutes
+# instead of 20 on a 2-core CPU; module fixtures are built once per file.
 test: venv lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: venv lint
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 demo: venv
 	$(BIN)/python -m vesselseg.demo --out $(DEMO)

@@ -396,3 +396,20 @@ def test_rejected_inputs_say_what_is_accepted(segmenter, bad, error, words):
     assert words in str(caught.value)
     if "NaN" not in words and "negative" not in words and "[0, 1]" not in words:
         assert "HxW" in str(caught.value)  # the accepted forms are listed
+
+
+@pytest.mark.parametrize("kind", ["truncated", "hdf5"])
+def test_a_truncated_or_hdf5_model_file_is_named_for_what_it_is(tiny_run, tmp_path, kind):
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    model = run / "best.keras"
+    if kind == "truncated":
+        model.write_bytes(model.read_bytes()[:5000])
+    else:
+        model.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    with pytest.raises(ModelLoadError) as caught:
+        Segmenter.from_run(run)
+    message = str(caught.value)
+    assert str(model) in message and "not found" not in message.lower()
+    assert ("HDF5" in message) == (kind == "hdf5")

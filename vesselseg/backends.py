@@ -52,6 +52,11 @@ def load_keras_model(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: model file does not exist")
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        kind = ("an HDF5 file (a legacy .h5 model?)" if _is_hdf5(path)
+                else "truncated or not a model")
+        raise ModelFileError(f"{path}: not a .keras archive: {kind}; vesselseg models are "
+                             f".keras zip files written by vesselseg train")
     code = code_in_model_file(path)
     if code:
         raise ModelFileError(f"{path}: refused by safe mode, the file contains code ({code}); "
@@ -66,6 +71,11 @@ def load_keras_model(path: str | Path):
     except Exception as exc:  # noqa: BLE001 - zip/h5/JSON errors all mean "not a model"
         raise ModelFileError(f"{path}: not a loadable vesselseg model "
                              f"({type(exc).__name__}: {_short(exc)})") from None
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
 def _short(exc: Exception, limit: int = 300) -> str:
