@@ -270,6 +270,8 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_runs_it(tiny_run, monkeyp
     export_like = Segmenter(None, segmenter.preprocess, runner=lambda x: x[..., 0], backend="onnx")
     assert export_like.compute_precision == "float32"
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
+    # never emulated bfloat16, even for a model trained in it (the shipped one)
+    assert resolve_inference_precision("auto") == "float32"
     assert Segmenter.from_run(tiny_run, precision="auto").compute_precision == "float32"
     monkeypatch.setattr(devices, "gpus", lambda: ["GPU:0"])
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)

@@ -57,9 +57,10 @@ def morphology_columns() -> tuple[str, ...]:
 def result_columns(morphology: bool = True) -> tuple[str, ...]:
     return BASE_COLUMNS + (morphology_columns() if morphology else ())
 RESULTS, SUMMARY = "results.csv", "summary.json"
-#: eval's default batch: 2 keeps 12 full-size HRF photos under 2 GB peak memory, where 4 took
-#: 2.5 GB for 10 % more speed on a 2-core CPU (benchmarks.eval_resources; docs/speed.md).
-EVAL_BATCH = 2
+#: eval's default batch: 1 keeps 12 full-size HRF photos under 2 GB peak memory (1.82 GB; 2.10
+#: GB at 2) and was no slower on a 2-core CPU (67.8 s against 69.3 s; benchmarks.eval_resources,
+#: docs/speed.md); a GPU gains from --batch-size 4 or more.
+EVAL_BATCH = 1
 
 
 @dataclass
