@@ -95,9 +95,10 @@ def add_inference_arguments(parser) -> None:
                              "own size or larger)")
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS,
                         help="compute precision of the Keras model: bfloat16 is faster on CPUs "
-                             "with AVX512-BF16 or AMX; auto = bfloat16 there (without a GPU), "
-                             "else as trained (default: auto for the shipped model; a --run runs "
-                             "as trained). train's auto differs: it keeps float32 on CPUs")
+                             "with AVX512-BF16 or AMX; auto = bfloat16 there, float32 on other "
+                             "CPUs (never emulated bfloat16), as trained on a GPU (default: auto "
+                             "for the shipped model; a --run runs as trained). train's auto "
+                             "differs: it keeps float32 on CPUs")
     parser.add_argument("--threshold", type=_threshold_argument,
                         help="decision threshold (default: the model's validation-chosen one)")
 
