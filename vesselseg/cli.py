@@ -103,17 +103,42 @@ def add_inference_arguments(parser) -> None:
                         help="decision threshold (default: the model's validation-chosen one)")
 
 
-def _threshold_argument(text: str) -> float:
-    """A decision threshold: a number in [0, 1] (NaN or 5 would silently give empty or full
-    masks)."""
+def _number(text: str, kind: type = float):
+    """`text` as a finite int or float, or argparse's usage error (exit 2)."""
     import math
 
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        noun = "whole number" if kind is int else "number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {noun}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _threshold_argument(text: str) -> float:
+    """A decision threshold: a number in [0, 1] (NaN or 5 would silently give empty or full
+    masks)."""
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a probability in [0, 1]")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A flag's whole number of at least 1 (a batch size, a count)."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A flag's finite number above 0 (a pixel size)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
     return value
 
 

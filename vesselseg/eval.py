@@ -13,12 +13,12 @@ the results file itself lives in `results`.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
 import sys
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +28,8 @@ from .cli import (
     add_inference_arguments,
     add_run_argument,
     describe_os_error,
+    positive_float,
+    positive_int,
     run_cli,
     segmenter_from_args,
 )
@@ -285,13 +287,11 @@ def segment_images(segmenter: Segmenter, inputs: Inputs | list[Path], out: str |
     results: list[EvalResult] = []
     stream = segmenter.predict_many(todo, load)
     with ThreadPoolExecutor(max_workers=1) as writer:  # rows stay in input order
-        jobs: list[Future] = []
+        jobs: collections.deque[Future] = collections.deque()
         for path, prediction in progress(stream, total=len(todo), desc="eval", quiet=quiet):
             jobs.append(writer.submit(finish, path, photos.pop(path, None), prediction))
-            while sum(not job.done() for job in jobs) > 1:  # bounded: predictions are large
-                time.sleep(0.005)
-            results.extend(job.result() for job in jobs if job.done())
-            jobs = [job for job in jobs if not job.done()]
+            while len(jobs) > 1:  # one photo's outputs in the writer's hands: they are large
+                results.append(jobs.popleft().result())
         results.extend(job.result() for job in jobs)
     return results
 
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue an interrupted eval in --out: photos that already have a "
                              "row in results.csv are skipped")
     add_inference_arguments(parser)
-    parser.add_argument("--pixel-size-um", type=_positive_float, metavar="UM",
+    parser.add_argument("--pixel-size-um", type=positive_float, metavar="UM",
                         help="the side of one pixel on the retina in micrometres, for the _um "
                              "measurement columns (empty without it); the _norm columns compare "
                              "cameras without it")
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--figure", choices=COLOUR_BY,
                         help="also draw each photo's centreline coloured by vessel width or "
                              "tortuosity (<name>_width.png / <name>_tortuosity.png)")
-    parser.add_argument("--batch-size", type=_positive, metavar="N", default=EVAL_BATCH,
+    parser.add_argument("--batch-size", type=positive_int, metavar="N", default=EVAL_BATCH,
                         help=f"photos per model call (default: {EVAL_BATCH}; larger batches "
                              f"take more memory for little speed on a CPU, more on a GPU)")
     parser.add_argument("--json", action="store_true",
@@ -332,28 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the outputs and results.csv of an earlier eval in --out")
     return parser
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
 
 
 def summary_record(segmenter: Segmenter, inputs: Inputs, state: str,
