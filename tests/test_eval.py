@@ -106,6 +106,80 @@ def test_existing_outputs_need_overwrite(tiny_run, photos, tmp_path, capsys):
     assert main([image, "--run", str(tiny_run), "--out", str(out), "--overwrite"]) == 0
 
 
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_overwrite_swaps_in_the_new_eval_only_once_it_is_complete(tiny_run, photos, tmp_path,
+                                                                   monkeypatch, capsys):
+    """A Ctrl-C half-way through `--overwrite` leaves the earlier eval whole (it used to be
+    replaced photo by photo, its results.csv restarted); a finished one replaces it whole."""
+    import vesselseg.eval as eval_module
+
+    folder = _folder_of_photos(tmp_path / "in", photos, 3)
+    out = tmp_path / "out"
+    run = ["--run", str(tiny_run), "--out", str(out), "-q"]
+    assert main([str(folder / "p000.jpg"), str(folder / "p001.jpg"), *run]) == 0
+    earlier = _snapshot(out)
+    calls = []
+    real_write = eval_module._write_outputs
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_write(*args)
+
+    monkeypatch.setattr(eval_module, "_write_outputs", interrupted)
+    assert main([str(folder), *run, "--overwrite"]) == 130  # Ctrl-C
+    assert _snapshot(out) == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]  # no staging left
+    monkeypatch.setattr(eval_module, "_write_outputs", real_write)
+    assert main([str(folder / "p002.jpg"), *run, "--overwrite"]) == 0
+    assert list(pd.read_csv(out / "results.csv")["image"]) == [str(folder / "p002.jpg")]
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["p002_mask.png"]
+    assert not (out / ".vesselseg.lock").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+
+
+def test_overwrite_where_every_photo_fails_keeps_the_earlier_eval(tiny_run, photos, tmp_path,
+                                                                  capsys):
+    out = tmp_path / "out"
+    run = ["--run", str(tiny_run), "--out", str(out), "-q"]
+    assert main([str(photos / "retina.jpg"), *run]) == 0
+    earlier = _snapshot(out)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a photo")
+    assert main([str(bad), *run, "--overwrite"]) == 3
+    assert "earlier eval" in capsys.readouterr().err
+    assert _snapshot(out) == earlier
+
+
+def test_overwrite_never_replaces_files_eval_did_not_write(tiny_run, photos, tmp_path, capsys):
+    run = ["--run", str(tiny_run), "-q", "--overwrite"]
+    image = str(photos / "retina.jpg")
+    strange = tmp_path / "strange"  # no earlier eval: a file in the way is the user's
+    strange.mkdir()
+    (strange / "retina_mask.png").write_bytes(b"mine")
+    assert main([image, *run, "--out", str(strange)]) == 3
+    assert "no eval wrote it" in capsys.readouterr().err
+    assert (strange / "retina_mask.png").read_bytes() == b"mine"
+    out = tmp_path / "out"  # an earlier eval plus the user's own notes
+    assert main([image, "--run", str(tiny_run), "-q", "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("keep me")
+    earlier = _snapshot(out)
+    assert main([image, *run, "--out", str(out)]) == 3
+    assert "notes.txt" in capsys.readouterr().err
+    assert _snapshot(out) == earlier
+
+
+def test_resume_and_overwrite_together_are_a_usage_error(tiny_run, photos, tmp_path, capsys):
+    assert main([str(photos / "retina.jpg"), "--run", str(tiny_run), "--out",
+                 str(tmp_path / "o"), "--resume", "--overwrite"]) == 2
+    assert "one of them" in capsys.readouterr().err
+
 def test_an_earlier_summary_is_never_replaced(tiny_run, photos, tmp_path, capsys):
     """Other photos into the same --out must not silently replace the earlier summary.json."""
     out = tmp_path / "out"

@@ -30,6 +30,7 @@ Every failing case checks the same four promises:
 | HDR bomb named .png, 8x2000 photo, multi-page TIFF | preprocess, eval | test_reader_guards_* |
 | --out equal to, inside or containing --source | preprocess | test_out_overlaps_source_* |
 | --overwrite meets a broken photo half-way | preprocess | test_overwrite_failure_keeps_* |
+| eval --overwrite interrupted, all failed, or over files eval did not write | eval | test_eval.py (overwrite_*) |
 | malformed, empty, binary or duplicate-id manifest | train | test_bad_manifest_train |
 | config file in UTF-16 or other non-UTF-8 bytes | train | test_train_config_not_utf8 |
 

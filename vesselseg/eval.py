@@ -33,7 +33,7 @@ from .cli import (
     run_cli,
     segmenter_from_args,
 )
-from .errors import DatasetError, NothingProcessed, VesselsegError
+from .errors import ConfigError, DatasetError, NothingProcessed, VesselsegError
 from .inference import Prediction, Segmenter
 from .io import is_image_file, read_image, write_png, write_text_atomic
 from .locks import hold_folder
@@ -387,6 +387,9 @@ def _eval(args: argparse.Namespace) -> int:
     inputs = collect_images(args.inputs, recursive=args.recursive)
     if args.resume and not args.out:
         raise VesselsegError("--resume needs the --out folder of the eval to continue")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues an earlier eval and --overwrite replaces it: "
+                          "pass one of them")
     out = Path(args.out) if args.out else None
     if out is not None:
         refuse_overlap(out, [Path(p) for p in args.inputs if Path(p).is_dir()], "input folder")
@@ -403,11 +406,91 @@ def _eval(args: argparse.Namespace) -> int:
         raise VesselsegError(f"{out / SUMMARY} already exists (an earlier eval); pass --resume "
                              f"to finish it, --overwrite to replace it, or choose another --out")
     with hold_folder(out, "eval"):  # one eval per folder: a second one is refused
+        if args.overwrite and (out / SUMMARY).exists():
+            return _replace_earlier_eval(out, args, inputs, segmenter, started)
+        if args.overwrite:  # no earlier eval here: any file in the way is someone else's
+            clashes = [path for paths in output_names(inputs, out).values()
+                       for path in paths.values() if path.exists()]
+            if clashes:
+                raise VesselsegError(f"{clashes[0]} already exists and no eval wrote it (no "
+                                     f"{SUMMARY} in {out}); --overwrite only replaces an "
+                                     f"earlier eval's outputs: choose another --out")
         return _segment_into(out, args, inputs, segmenter, started)
 
 
+def earlier_eval_files(out: Path) -> set[Path]:
+    """The files an earlier eval wrote in `out`, from its record: results.csv, summary.json
+    and, per row of results.csv, the photo's PNGs (outputs and centreline figures)."""
+    files = {out / RESULTS, out / SUMMARY}
+    if (out / RESULTS).exists():
+        import pandas as pd
+
+        try:
+            masks = pd.read_csv(out / RESULTS, usecols=["mask_file"], dtype=str,
+                                keep_default_na=False)["mask_file"]
+        except (ValueError, OSError, pd.errors.ParserError) as exc:
+            raise VesselsegError(f"{out / RESULTS}: cannot read the earlier eval's record "
+                                 f"({exc}); --overwrite only replaces what eval wrote") from None
+        for mask in filter(None, masks):
+            stem = (out / mask).name[:-len("_mask.png")]
+            files.update((out / mask).with_name(f"{stem}_{kind}.png")
+                         for kind in OUTPUT_KINDS + COLOUR_BY)
+    return files
+
+
+def _foreign_files(out: Path) -> list[Path]:
+    """Files in `out` that no earlier eval wrote (--overwrite must not replace them)."""
+    from .locks import LOCK_NAME
+
+    ours = earlier_eval_files(out)
+    return sorted(path for path in out.rglob("*") if path.is_file() and path not in ours
+                  and path.name != LOCK_NAME and not path.name.endswith(".part"))
+
+
+def _replace_earlier_eval(out: Path, args: argparse.Namespace, inputs: Inputs,
+                          segmenter: Segmenter, started: str) -> int:
+    """--overwrite: segment into a hidden folder beside `out`, and only once that result is
+    complete swap it in, so a failure, a kill or Ctrl-C half-way leaves the earlier eval whole.
+    A folder that also holds files eval did not write is refused rather than emptied."""
+    import shutil
+
+    from .locks import LOCK_NAME
+    from .outputs import replace_folder
+
+    foreign = _foreign_files(out)
+    if foreign:
+        more = f" and {len(foreign) - 1} more file(s)" if len(foreign) > 1 else ""
+        raise VesselsegError(f"--overwrite replaces a whole earlier eval, and {out} also holds "
+                             f"{foreign[0]}{more}, which eval did not write; move it away or "
+                             f"choose another --out")
+    stage = out.parent / f".{out.name}.eval-new"
+    if stage.exists():  # left by a killed --overwrite: out's lock is ours, so no one uses it
+        shutil.rmtree(stage)
+    stage.mkdir()
+    swapped = False
+    try:
+        code = _segment_into(stage, args, inputs, segmenter, started, shown=out)
+        shutil.copy2(out / LOCK_NAME, stage / LOCK_NAME)  # the swapped-in folder stays held
+        replace_folder(out, stage)
+        swapped = True
+        return code
+    except NothingProcessed as exc:
+        exc.args = (f"{exc}; the earlier eval in {out} is kept",)
+        raise
+    finally:
+        if not swapped:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
 def _segment_into(out: Path, args: argparse.Namespace, inputs: Inputs, segmenter: Segmenter,
-                  started: str) -> int:
+                  started: str, shown: Path | None = None) -> int:
+    """Segment every photo into `out`; messages name `shown` (the folder the result will
+    be in, when `out` is a staging folder)."""
+    shown = shown or out
+
+    def where(path: Path) -> Path:
+        return shown / path.relative_to(out)
+
     write_text_atomic(out / SUMMARY, json.dumps(
         summary_record(segmenter, inputs, "running", started=started,
                        morphology=morphology_options(args)), indent=2) + "\n")
@@ -417,9 +500,9 @@ def _segment_into(out: Path, args: argparse.Namespace, inputs: Inputs, segmenter
             print(f"error: {result.error}", file=sys.stderr, flush=True)
         elif not (args.quiet or args.json):
             print(f"{result.path}: vessel density {100 * result.vessel_density:.2f} % of the "
-                  f"FOV -> {result.outputs['overlay']}", flush=True)
+                  f"FOV -> {where(result.outputs['overlay'])}", flush=True)
 
-    results = segment_images(segmenter, inputs, out, overwrite=args.overwrite,
+    results = segment_images(segmenter, inputs, out, overwrite=False,
                              resume=args.resume, quiet=args.quiet or args.json,
                              on_result=report, morphology=morphology_options(args))
     write_text_atomic(out / SUMMARY, json.dumps(
@@ -430,13 +513,13 @@ def _segment_into(out: Path, args: argparse.Namespace, inputs: Inputs, segmenter
     failures = [r for r in results if r.error]
     if results and len(failures) == len(results):
         raise NothingProcessed(f"none of the {len(results)} photo(s) could be segmented "
-                               f"(rows in {out / RESULTS})")
+                               f"(rows in {where(out / RESULTS)})")
     if failures:
         print(f"error: {len(failures)} of {len(results)} photo(s) failed (rows in "
-              f"{out / RESULTS})", file=sys.stderr)
+              f"{where(out / RESULTS)})", file=sys.stderr)
         return 1
     if not args.quiet and not args.json:
-        print(f"results: {out / RESULTS}", file=sys.stderr)
+        print(f"results: {where(out / RESULTS)}", file=sys.stderr)
     return 0
 
 
