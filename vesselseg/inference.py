@@ -192,6 +192,15 @@ class Segmenter:
         return segmenter
 
     @classmethod
+    def from_export(cls, path: str | Path, **kwargs) -> Segmenter:
+        """The Segmenter of a self-describing export (.onnx, .tflite, SavedModel folder) at any
+        path: preprocessing, working size, tiling and thresholds come from the file itself
+        (`runtime.load`; ONNX and TFLite need no TensorFlow)."""
+        from .runtime import load
+
+        return load(path, **kwargs)
+
+    @classmethod
     def pretrained(cls, **kwargs) -> Segmenter:
         """The model shipped inside the package (precision default: PRETRAINED_PRECISION)."""
         if kwargs.get("precision") is None:
