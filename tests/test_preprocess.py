@@ -123,6 +123,17 @@ def test_synthetic_end_to_end(synthetic_dataset, tmp_path, capsys):
     assert settings["dataset"] == "synthetic" and settings["config"]["size"] == 128
 
 
+
+def test_quiet_prints_no_progress_and_a_log_gets_plain_lines(synthetic_dataset, tmp_path,
+                                                              capsys):
+    """-q used to be ignored here (tqdm's bar went to every log); without it, output that is
+    not a terminal gets plain lines, as in eval."""
+    argv = ["--dataset", "synthetic", "--source", synthetic_dataset, "--size", 128]
+    code, _, err = run(capsys, *argv, "--out", tmp_path / "quiet", "-q")
+    assert code == 0 and err == ""
+    code, _, err = run(capsys, *argv, "--out", tmp_path / "log")
+    assert code == 0 and "preprocess synthetic: 8/8 img" in err and "\r" not in err
+
 def test_rerun_is_nothing_to_do_and_rewrites_nothing(synthetic_dataset, tmp_path, capsys):
     out = tmp_path / "pre"
     argv = ["--dataset", "synthetic", "--source", synthetic_dataset, "--out", out, "--size", 128]

@@ -38,10 +38,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .cli import add_config_arguments, config_overrides, describe_os_error, run_cli
 from .config import PreprocessConfig, from_dict
+from .console import progress as console_progress
 from .datasets import Sample, read_dataset, reader_names
 from .datasets.base import SPLITS, source_folder
 from .errors import DatasetError, ImageReadError, VesselsegError
@@ -395,8 +395,8 @@ def _preprocess_held(dataset: str, source: str | Path | None, out: Path,
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
         futures = [(s, pool.submit(task, s)) for s in samples]
-        for sample, future in tqdm(futures, desc=f"preprocess {dataset}", unit="img",
-                                   disable=not progress):
+        for sample, future in console_progress(futures, total=len(futures),
+                                               desc=f"preprocess {dataset}", quiet=not progress):
             try:
                 rows.extend(future.result())
                 if on_sample_done is not None:
@@ -524,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(args: argparse.Namespace) -> int:
     config = from_dict(PreprocessConfig, config_overrides(args, PreprocessConfig))
     report = preprocess_dataset(args.dataset, args.source, args.out, config,
-                                overwrite=args.overwrite, skip_missing=args.skip_missing)
+                                overwrite=args.overwrite, skip_missing=args.skip_missing,
+                                progress=not args.quiet)
     for path, why in report.skipped:  # never silently: a warning naming each image
         print(f"warning: skipped {path}: {why}", file=sys.stderr)
     for note in report.notes:
