@@ -39,7 +39,6 @@ from .io import is_image_file, read_image, write_png, write_text_atomic
 from .locks import hold_folder
 from .morphology import COLOUR_BY, save_centreline_figure
 from .outputs import new_folder, refuse_overlap, write_probability
-from .plots import overlay
 from .results import ResultsFile
 
 OUTPUT_KINDS = ("probability", "mask", "overlay")
@@ -151,6 +150,8 @@ def output_names(inputs: Inputs | list[Path], out: Path) -> dict[Path, dict[str,
 
 def _write_outputs(outputs: dict[str, Path], image, prediction: Prediction) -> None:
     """All three outputs of a photo, or none of them."""
+    from .plots import overlay  # here, not at import: matplotlib costs start-up ~1 s
+
     try:
         write_probability(outputs["probability"], prediction.probability)
         write_png(outputs["mask"], prediction.mask)
