@@ -47,8 +47,11 @@ def _checked(result, run: Path, name: str):
     assert result.path == run / "export" / name and result.path.exists()
     assert result.max_abs_diff < TOLERANCE
     assert set(result.diffs) == {"random batch", "synthetic fundus"}
-    side = json.loads((run / "export" / f"{name}.json").read_text())
-    assert side["input"]["shape"] == [None, result.size, result.size, 3]
+    from vesselseg.metadata import read_metadata
+
+    facts = read_metadata(result.path)  # the artifact describes itself: no sidecar
+    assert facts["input"]["shape"] == [None, result.size, result.size, 3]
+    assert not (run / "export" / f"{name}.json").exists()
     assert not [p for p in (run / "export").iterdir() if p.name.endswith(".part")]
     return result
 
@@ -121,7 +124,7 @@ def test_existing_export_is_never_overwritten_without_flag(run, tmp_path, capsys
     assert "already exists" in err and "--overwrite" in err
     assert out.read_bytes() == before
     assert main(["--run", str(run), "--format", "onnx", "--out", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in out.parent.iterdir()) == ["unet.onnx", "unet.onnx.json"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["unet.onnx"]
     folder = tmp_path / "sm"
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
@@ -197,10 +200,11 @@ def test_stale_export_is_refused(tiny_run, tmp_path):
     from vesselseg.inference import Segmenter
 
     run = _copy_run(tiny_run, tmp_path / "run")
-    export_model(run, "onnx")
-    side = run / "export" / "model.onnx.json"
-    facts = json.loads(side.read_text())
-    side.write_text(json.dumps({**facts, "source_sha256": "0" * 64}))
+    from vesselseg.metadata import embed_onnx, read_metadata
+
+    path = export_model(run, "onnx")
+    facts = read_metadata(path)
+    embed_onnx(path, {**facts, "model": {**facts["model"], "source_sha256": "0" * 64}})
     with pytest.raises(ModelLoadError, match="stale.*--overwrite"):
         Segmenter.from_run(run, backend="onnx")
 
@@ -291,11 +295,14 @@ def test_a_run_trained_in_bfloat16_exports_a_float32_graph(tiny_run, tmp_path, f
     assert np.abs(got.reshape(expected.shape) - expected).max() < TOLERANCE
 
 
-def test_an_export_never_writes_its_record_over_a_file(run, tmp_path, capsys):
-    """--out RUN/config would put the sidecar (config.json) over the run's own config."""
+def test_an_export_is_one_artifact_with_nothing_beside_it(run, tmp_path):
+    """The record lives inside the file: --out RUN/config no longer writes a sidecar over the
+    run's config.json, and copying the one file carries everything."""
     from vesselseg.export import main
 
     config = (run / "config.json").read_bytes()
-    assert main(["--run", str(run), "--format", "tflite", "--out", str(run / "config")]) == 1
-    assert "config.json already exists" in capsys.readouterr().err
-    assert (run / "config.json").read_bytes() == config and not (run / "config").exists()
+    out = tmp_path / "single"
+    out.mkdir()
+    assert main(["--run", str(run), "--format", "tflite", "--out", str(out / "m.tflite")]) == 0
+    assert [p.name for p in out.iterdir()] == ["m.tflite"]
+    assert (run / "config.json").read_bytes() == config

@@ -18,6 +18,7 @@ COMMANDS = {
     "test": "per-image and pooled metrics on annotated images",
     "eval": "segment photos or folders (no annotation needed)",
     "export": "export a run as ONNX, TFLite or SavedModel",
+    "inspect": "show what an export carries: preprocessing, thresholds, model version",
     "compare": "runs side by side: settings, training, latest test metrics",
     "demo": "the whole workflow on generated data",
 }

@@ -86,7 +86,12 @@ def add_inference_arguments(parser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="keras",
                         help="run the Keras model (default) or its ONNX / TFLite export "
                              "(made beforehand by vesselseg export; ONNX needs pip install "
-                             "\"vesselseg[export]\")")
+                             "\"vesselseg[export]\"); with --model, the export's format")
+    parser.add_argument("--model", metavar="EXPORT",
+                        help="run this export file (.onnx, .tflite or a SavedModel folder, made "
+                             "by vesselseg export) instead of --run: preprocessing, working size "
+                             "and thresholds come from the file; --backend is inferred from it "
+                             "(ONNX and TFLite run without TensorFlow)")
     parser.add_argument("--working-size", type=int,
                         help="run the model on an NxN version of the FOV crop: whole up to "
                              "1.5x the training size, else in overlapping windows of the "
@@ -176,6 +181,15 @@ def segmenter_from_args(args):
         kwargs["working_size"] = args.working_size
     from .inference import Segmenter
 
+    if getattr(args, "model", None):
+        if args.run is not None:
+            raise ConfigError("give --model (an export file) or --run (a run folder), not both")
+        if args.precision not in (None, "auto", "float32"):
+            raise ConfigError(f"precision: {args.precision} runs with the Keras model only; an "
+                              f"export runs in the precision it was exported in")
+        kwargs.pop("precision")
+        kwargs["backend"] = None if args.backend == "keras" else args.backend
+        return Segmenter.from_export(args.model, **kwargs)
     if args.run in (None, "pretrained"):
         return Segmenter.pretrained(**kwargs)
     return Segmenter.from_run(args.run, **kwargs)
@@ -231,7 +245,8 @@ def config_overrides(args: argparse.Namespace, cls) -> dict:
 
 
 #: The commands whose `--help` docs/cli.md reproduces (a test keeps it in step).
-REFERENCE_COMMANDS = ("preprocess", "train", "calibrate", "test", "eval", "export", "compare")
+REFERENCE_COMMANDS = ("preprocess", "train", "calibrate", "test", "eval", "export", "inspect",
+                      "compare")
 HELP_WIDTH = 100
 
 

@@ -260,7 +260,7 @@ def _format_diffs(diffs: dict[str, float]) -> str:
 # -- the library function ----------------------------------------------------------------------
 def export_run(run: str | Path, fmt: str, out: str | Path | None = None, overwrite: bool = False,
                opset: int = DEFAULT_OPSET, tolerance: float = TOLERANCE,
-               precision: str = "float32", calibration: str | Path | None = None,
+               precision: str = "float32", calibration: str | Path | list | None = None,
                check: str | None = None, max_f1_change: float | None = None) -> ExportResult:
     """Export, verify against Keras, embed the record (`metadata`), then publish atomically;
     the result carries the diffs.
@@ -424,10 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="float32 (default), or int8: ONNX Runtime static quantisation "
                              "(onnx only), published only if its pooled F1 on the --check "
                              "images moves by at most --max-f1-change from float32's")
-    parser.add_argument("--calibration", metavar="FOLDER",
-                        help="int8: a folder of photos to calibrate the quantisation on "
-                             "(default: the run's training images, when they are on this "
-                             "machine; never test images)")
+    parser.add_argument("--calibration", metavar="FOLDER", action="append",
+                        help="int8: a folder of photos, or DATASET=FOLDER (its training "
+                             "split), to calibrate the quantisation on; repeatable (default: "
+                             "the run's training images, when they are on this machine; never "
+                             "test images)")
     parser.add_argument("--check", metavar="DATASET=FOLDER",
                         help="int8: the annotated images that measure its F1 change, as a "
                              "dataset reader and its folder, e.g. drive=../DRIVE (its test "
