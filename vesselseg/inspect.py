@@ -25,7 +25,9 @@ def record_of(target: str | Path) -> tuple[dict, str]:
         from .inference import export_size
 
         run = RunFolder.existing(target)
-        facts = describe_run(run, "keras", export_size(run.config()))
+        config = run.config()
+        facts = describe_run(run, "keras", export_size(config),
+                             precision=f"{config.precision} as trained (exports: float32)")
         facts.pop("created", None)
         return facts, f"run folder {run.path}"
     return read_metadata(path), f"export {path}"

@@ -164,8 +164,9 @@ def quantize_onnx(source: Path, target: Path, inputs: Iterator[np.ndarray]) -> N
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"CalibMaxIntermediateOutputs": 1})
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    # (min/max calibration keeps only each tensor's min and max per photo: no memory to cap;
+    # ORT 1.32's CalibMaxIntermediateOutputs would even drop the collected ranges)
 
 
 def quantize_export(float_export: Path, target: Path, photos: list[Path], items: list,
@@ -176,7 +177,7 @@ def quantize_export(float_export: Path, target: Path, photos: list[Path], items:
     from .export import ExportVerificationError
     from .runtime import load
 
-    floating = load(float_export)
+    floating = load(float_export, fmt="onnx")
     quantize_onnx(float_export, target, prepared_windows(floating, photos))
     before = pooled_scores(floating, items)
     after = pooled_scores(load_unlabelled(target, floating), items)
