@@ -1,3 +1,5 @@
+import subprocess
+import sys
 import zipfile
 
 import keras
@@ -415,3 +417,41 @@ def test_a_truncated_or_hdf5_model_file_is_named_for_what_it_is(tiny_run, tmp_pa
     message = str(caught.value)
     assert str(model) in message and "not found" not in message.lower()
     assert ("HDF5" in message) == (kind == "hdf5")
+
+
+# -- Ctrl-C during a model call ------------------------------------------------------------------
+CTRL_C_DURING_A_LONG_C_CALL = """
+import hashlib, os, signal, sys, threading, time
+from vesselseg.inference import MODEL_CALL_ABANDONED, call_interruptibly
+from vesselseg.cli import exit_now_if_model_call_abandoned
+def model_pass():  # a C loop that never checks for signals, like a TensorFlow op
+    return hashlib.pbkdf2_hmac("sha256", b"x", b"y", 4_000_000)
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+start = time.monotonic()
+try:
+    call_interruptibly(model_pass)
+except KeyboardInterrupt:
+    print(f"{time.monotonic() - start:.2f}", MODEL_CALL_ABANDONED.is_set(), flush=True)
+    exit_now_if_model_call_abandoned(130)
+print("not reached")
+"""
+
+
+def test_ctrl_c_is_seen_during_a_model_call_and_the_process_ends_at_once():
+    """A call into TensorFlow cannot be interrupted: eval's Ctrl-C waited for the model pass
+    (2-3 s at 704 px); now the call runs in a thread, and the command ends with os._exit (the
+    interpreter crashed, exit 139, when it finalized under a running op)."""
+    result = subprocess.run([sys.executable, "-c", CTRL_C_DURING_A_LONG_C_CALL],
+                            capture_output=True, text=True, timeout=60)
+    seconds, abandoned = result.stdout.split()
+    assert result.returncode == 130 and abandoned == "True"
+    assert float(seconds) < 1.0
+
+
+def test_a_call_outside_the_main_thread_or_without_ctrl_c_is_plain():
+    from vesselseg.inference import MODEL_CALL_ABANDONED, call_interruptibly
+
+    assert call_interruptibly(sum, [1, 2, 3]) == 6
+    with pytest.raises(ZeroDivisionError):
+        call_interruptibly(lambda: 1 / 0)
+    assert not MODEL_CALL_ABANDONED.is_set()

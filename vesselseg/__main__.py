@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(), end="", file=sys.stderr)
         print(f"\nvesselseg: error: unknown command {command!r}", file=sys.stderr)
         return 2
-    return importlib.import_module(f"vesselseg.{command}").main(rest)
+    from .cli import exit_now_if_model_call_abandoned
+
+    return exit_now_if_model_call_abandoned(
+        importlib.import_module(f"vesselseg.{command}").main(rest))
 
 
 if __name__ == "__main__":

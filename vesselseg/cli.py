@@ -76,6 +76,19 @@ def add_run_argument(parser: argparse.ArgumentParser) -> None:
                              "shipped pretrained model)")
 
 
+
+def exit_now_if_model_call_abandoned(code: int) -> int:
+    """Returns `code`, unless Ctrl-C left a TensorFlow call running in a thread
+    (`inference.call_interruptibly`): then the process ends here with os._exit(code), since
+    finalizing the interpreter under a running op crashes it. For command entry points only,
+    never for in-process calls (a notebook would lose its kernel)."""
+    inference = sys.modules.get("vesselseg.inference")
+    if inference is not None and inference.MODEL_CALL_ABANDONED.is_set():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
 def add_inference_arguments(parser) -> None:
     """The options of every command that runs a model (`test`, `eval`)."""
     from .backends import BACKENDS

@@ -529,4 +529,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import exit_now_if_model_call_abandoned
+
+    sys.exit(exit_now_if_model_call_abandoned(main()))

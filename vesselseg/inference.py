@@ -373,7 +373,7 @@ class Segmenter:
                 elif multiscale:
                     item, payload = entry
                     yield item, (payload if isinstance(payload, Exception)
-                                 else self.predict(*payload))
+                                 else call_interruptibly(self.predict, *payload))
                     continue
                 else:
                     pending.append(entry)
@@ -381,7 +381,7 @@ class Segmenter:
                 if pending and (finished or len(good) >= self.batch_size or ready.empty()):
                     if good:
                         batch = np.stack([p[1][1] for p in good])
-                        outputs = iter(self.predict_prepared(batch))
+                        outputs = iter(call_interruptibly(self.predict_prepared, batch))
                     for item, payload in pending:
                         if isinstance(payload, Exception):
                             yield item, payload
@@ -392,6 +392,39 @@ class Segmenter:
         finally:
             stop.set()
             thread.join(timeout=5)
+
+
+#: Set when Ctrl-C left a model call running (`call_interruptibly`): the process must then end
+#: with os._exit (`cli.exit_now_if_model_call_abandoned`), as finalizing the interpreter under a
+#: running TensorFlow op crashes it (exit 139, tried).
+MODEL_CALL_ABANDONED = threading.Event()
+
+
+def call_interruptibly(function: Callable, *args):
+    """`function(*args)`, run in a daemon thread when called from the main thread, so that Ctrl-C
+    is seen at once rather than after the model pass in progress (a call into TensorFlow cannot
+    be interrupted, and one 704 px pass takes 2-3 s on a laptop CPU)."""
+    if threading.current_thread() is not threading.main_thread():
+        return function(*args)  # signals only reach the main thread
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="vesselseg-model-call", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        MODEL_CALL_ABANDONED.set()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def resolve_inference_precision(precision: str | None, backend: str = "keras") -> str | None:
