@@ -443,3 +443,78 @@ def test_a_second_eval_into_a_busy_folder_is_refused(tiny_run, photos, tmp_path,
     err = capsys.readouterr().err
     assert "eval" in err and str(os.getpid()) in err
     assert not (out / "results.csv").exists()
+
+
+# -- cohorts: CSV and text lists of photos, a kill over hundreds of photos ------------------------
+def test_a_csv_of_photos_names_outputs_by_id_with_per_photo_pixel_sizes(tiny_run, photos,
+                                                                        tmp_path):
+    cohort = tmp_path / "cohort"
+    _folder_of_photos(cohort / "photos", photos, 2)
+    (cohort / "list.csv").write_text("id,path,pixel_size_um\n"
+                                     "site1/p0,photos/p000.jpg,10\n"
+                                     "p1,photos/p001.jpg,\n")
+    out = tmp_path / "out"
+    assert main([str(cohort / "list.csv"), "--run", str(tiny_run), "--out", str(out), "-q",
+                 "--pixel-size-um", "12.5"]) == 0
+    rows = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert list(rows.columns[:3]) == ["image", "id", "status"]
+    assert list(rows["image"]) == [str(cohort / "photos" / f"p00{i}.jpg") for i in range(2)]
+    assert list(rows["id"]) == ["site1/p0", "p1"]
+    assert list(rows["mask_file"]) == ["site1/p0_mask.png", "p1_mask.png"]
+    assert (out / "site1" / "p0_overlay.png").exists() and (out / "p1_probability.png").exists()
+    assert list(rows["pixel_size_um"]) == [10, 12.5]  # the CSV's, else --pixel-size-um
+    listed = tmp_path / "list.txt"
+    listed.write_text("cohort/photos/p001.jpg\n")
+    assert main([str(listed), "--run", str(tiny_run), "--out", str(tmp_path / "txt"), "-q",
+                 "--no-morphology"]) == 0
+    assert list(pd.read_csv(tmp_path / "txt" / "results.csv")["image"]) == [
+        str(tmp_path / "cohort" / "photos" / "p001.jpg")]
+
+
+def test_a_bad_csv_stops_eval_naming_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "cohort.csv"
+    bad.write_text("path,id\na.jpg,p1\nb.jpg,p1\n")
+    assert main([str(bad), "--out", str(tmp_path / "out")]) == 3
+    err = capsys.readouterr().err
+    assert f"{bad}, line 3: id 'p1' is also on line 2" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_cohort_of_300_photos_resumes_with_every_photo_once(tiny_run, tmp_path):
+    """SIGKILL a CSV run of 300 small photos part-way, then --resume: every photo has exactly
+    one complete row, in the CSV's order, and every photo its three PNGs."""
+    import signal
+    import time
+
+    from vesselseg.datasets import generate_fundus
+    from vesselseg.io import write_png
+
+    count, folder = 300, tmp_path / "photos"
+    folder.mkdir()
+    samples = [generate_fundus(seed, 64).image for seed in range(5)]
+    for index in range(count):
+        write_png(folder / f"p{index:03d}.png", samples[index % len(samples)])
+    (tmp_path / "cohort.csv").write_text(
+        "path\n" + "".join(f"photos/p{index:03d}.png\n" for index in range(count)))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "vesselseg.eval", str(tmp_path / "cohort.csv"), "--run",
+               str(tiny_run), "--out", str(out), "-q", "--no-morphology"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    table, deadline = out / "results.csv", time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if table.exists() and table.read_text().count("\n") > 40:  # header + 40 rows
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "eval finished before it could be killed"
+    kept = pd.read_csv(table)
+    assert 40 <= len(kept) < count
+    assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
+    rows = pd.read_csv(table)
+    assert list(rows["image"]) == [str(folder / f"p{index:03d}.png") for index in range(count)]
+    assert (rows["status"] == "done").all() and rows[["width", "vessel_density"]].notna().all(
+        axis=None)
+    assert sorted(p.name for p in out.glob("*_mask.png")) == [
+        f"p{index:03d}_mask.png" for index in range(count)]
+    assert len(list(out.glob("*.png"))) == 3 * count and not list(out.rglob(".*.part"))
