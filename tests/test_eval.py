@@ -144,6 +144,18 @@ def test_overwrite_swaps_in_the_new_eval_only_once_it_is_complete(tiny_run, phot
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
 
 
+
+def test_overwrite_through_a_linked_out_replaces_the_folder_it_points_to(tiny_run, photos,
+                                                                         tmp_path):
+    real, link = tmp_path / "real", tmp_path / "link"
+    run = ["--run", str(tiny_run), "-q"]
+    assert main([str(photos / "retina.jpg"), *run, "--out", str(real)]) == 0
+    link.symlink_to(real)
+    assert main([str(photos / "rgba.png"), *run, "--out", str(link), "--overwrite"]) == 0
+    assert link.is_symlink() and link.resolve() == real
+    assert sorted(p.name for p in real.glob("*_mask.png")) == ["rgba_mask.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
 def test_overwrite_where_every_photo_fails_keeps_the_earlier_eval(tiny_run, photos, tmp_path,
                                                                   capsys):
     out = tmp_path / "out"

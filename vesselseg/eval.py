@@ -584,6 +584,7 @@ def _replace_earlier_eval(out: Path, args: argparse.Namespace, inputs: Inputs,
     from .locks import LOCK_NAME
     from .outputs import replace_folder
 
+    out = out.resolve()  # a linked --out: swap the folder it points to, not the link
     foreign = _foreign_files(out)
     if foreign:
         more = f" and {len(foreign) - 1} more file(s)" if len(foreign) > 1 else ""
