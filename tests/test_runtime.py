@@ -247,3 +247,22 @@ def test_int8_needs_calibration_photos_it_can_find(run, tmp_path):
                    calibration=tmp_path / "nothing")
     with pytest.raises(ConfigError, match="DATASET=FOLDER"):
         export_run(run, "onnx", tmp_path / "m.onnx", precision="int8", check="drive")
+
+
+def test_default_exports_of_the_shipped_model_stay_out_of_the_package(tmp_path, monkeypatch):
+    from vesselseg.export import default_export_path
+    from vesselseg.runs import PRETRAINED_DIR
+
+    monkeypatch.setenv("VESSELSEG_CACHE", str(tmp_path / "cache"))
+    for precision, name in (("float32", "model.onnx"), ("int8", "model.int8.onnx")):
+        path = default_export_path("pretrained", "onnx", precision)
+        assert path.name == name and path.is_relative_to(tmp_path / "cache")
+        assert not path.resolve().is_relative_to(PRETRAINED_DIR)
+
+
+def test_an_export_is_named_for_its_format(run, tmp_path):
+    from vesselseg.export import ExportError, export_run
+
+    with pytest.raises(ExportError, match=r"model.bin: name a onnx export \*.onnx"):
+        export_run(run, "onnx", tmp_path / "model.bin")
+    assert list(tmp_path.iterdir()) == []
