@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -553,3 +554,31 @@ def test_multi_frame_files_warn_that_only_the_first_frame_is_used(tmp_path, name
     read_image(tmp_path / "single.png" if write_png(tmp_path / "single.png", photo()) else "",
                notes=notes)
     assert notes == []
+
+
+# --------------------------------------------------------------------------- special files
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_fifo_or_device_named_like_an_image_is_refused_without_reading(kind, tmp_path):
+    """Reading a FIFO without a writer blocks for ever, and /dev/zero never ends: both are
+    refused from the file's status, before anything is read."""
+    path = tmp_path / "photo.png"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    reason = "is a FIFO (named pipe)" if kind == "fifo" else "is a device"
+    for reader in (read_image, read_mask):
+        with pytest.raises(ImageReadError, match=re.escape(f"photo.png: {reason}, not a regular")):
+            reader(path)
+
+
+def test_a_file_larger_than_any_accepted_image_is_refused_before_reading(tmp_path, monkeypatch):
+    import vesselseg.io as vio
+
+    path = tmp_path / "huge.png"
+    write_png(path, photo())
+    monkeypatch.setattr(vio, "MAX_FILE_BYTES", path.stat().st_size - 1)
+    with pytest.raises(ImageReadError, match=r"huge.png: is [\d,]+ bytes, more than the"):
+        read_image(path)

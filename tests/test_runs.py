@@ -56,6 +56,28 @@ def test_status_and_finished(tmp_path):
         run.status()
 
 
+@pytest.mark.parametrize("text", ["[]", '"finished"', "null", "3", "\ufeff[1]"])
+@pytest.mark.parametrize("name", ["status.json", "threshold.json"])
+def test_a_run_file_holding_another_json_type_is_named(name, text, tmp_path):
+    """status.json or threshold.json holding a list, a string or null was an AttributeError
+    traceback in calibrate, compare and eval (`.get` of a list); now an error naming the file."""
+    run = _fake_run(tmp_path / "run", threshold={"threshold": 0.4})
+    (run.path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(RunFolderError, match=f"{name}: expected a JSON object"):
+        run.status() if name == "status.json" else run.threshold_record()
+    with pytest.raises(RunFolderError, match=name):
+        run.require_finished() if name == "status.json" else run.threshold()
+
+
+def test_run_files_with_a_utf8_byte_order_mark_are_read(tmp_path):
+    """config.json is read with or without a BOM (an editor's); status.json and
+    threshold.json alike."""
+    run = _fake_run(tmp_path / "run", threshold={"threshold": 0.4})
+    for path in (run.status_path, run.threshold_path):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert run.is_finished and run.threshold() == (0.4, "validation")
+
+
 def test_thresholds_per_setting(tmp_path):
     run = _fake_run(tmp_path / "run")
     assert run.threshold() == (0.5, "default 0.5 (the run has no threshold.json)")

@@ -73,3 +73,17 @@ def test_whole_or_windows_and_the_sizes_it_runs_at():
     assert not runs_whole_at(520, 512, 4)  # not a multiple of 2**depth
     assert export_side(704, 512, 3) == 704 and export_side(1024, 512, 3) == 512
     assert scale_sizes(704, (1.0, 1.11, 1.22), 3) == [704, 784, 856]
+
+
+@pytest.mark.parametrize("working_size,scales", [
+    (100_000, (1.0,)), (128, (1.0, 1e9)), (128, (float("nan"),)), (128, (1.0, float("inf")))])
+def test_impossible_working_sizes_are_config_errors_before_any_memory(working_size, scales):
+    """--working-size 100000 or --scales 1e9 would ask for a 40 GB working image (a traceback
+    from OpenCV's allocator); nan or inf factors could not become a size at all."""
+    from vesselseg.errors import ConfigError
+    from vesselseg.tiling import MAX_WORKING_SIDE, check_working_side
+
+    with pytest.raises(ConfigError, match=f"pixels a side is not possible; at most "
+                                          f"{MAX_WORKING_SIDE}"):
+        scale_sizes(working_size, scales, 4)
+    assert check_working_side(MAX_WORKING_SIDE) == MAX_WORKING_SIDE

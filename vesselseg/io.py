@@ -42,6 +42,10 @@ MAX_ASPECT = 4.0
 #: Most bytes the decoded samples may take (16-bit RGB at MAX_PIXELS): 32-bit float or 64-bit
 #: data is accepted up to proportionally fewer pixels.
 MAX_DECODED_BYTES = MAX_PIXELS * 6
+#: Most bytes a .gz image may inflate to (16-bit RGBA at MAX_PIXELS plus headers).
+MAX_GUNZIP_BYTES = MAX_PIXELS * 8 + 2**20
+#: Largest image file read (an uncompressed image at the limits above fits).
+MAX_FILE_BYTES = MAX_GUNZIP_BYTES
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".bmp",
                   ".webp", ".ppm.gz", ".pgm.gz")
 
@@ -75,14 +79,36 @@ def is_image_file(path: str | Path) -> bool:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, after checking from its status that reading them ends: a FIFO (or a
+    device, a socket) named like an image would block or never end, a huge file would fill the
+    memory."""
+    import stat
+
     if not path.exists():
         raise ImageReadError(path, "file does not exist")
     if path.is_dir():
         raise ImageReadError(path, "is a folder, not an image file")
     try:
-        data = path.read_bytes()
+        status = path.stat()
     except OSError as exc:
         raise ImageReadError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    mode, size = status.st_mode, status.st_size
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if
+                stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a special file")
+        raise ImageReadError(path, f"is {kind}, not a regular image file")
+    if size > MAX_FILE_BYTES:
+        raise ImageReadError(path, f"is {size:,} bytes, more than the {MAX_FILE_BYTES:,} of the "
+                                   f"largest image accepted")
+    try:
+        with open(path, "rb") as handle:  # a file grown since its status is cut at the limit
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageReadError(path, f"is more than the {MAX_FILE_BYTES:,} bytes of the largest "
+                                   f"image accepted")
     if not data:
         raise ImageReadError(path, "is empty (0 bytes)")
     if path.name.lower().endswith(".gz"):
@@ -92,8 +118,6 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-#: Most bytes a .gz image may inflate to (16-bit RGBA at MAX_PIXELS plus headers).
-MAX_GUNZIP_BYTES = MAX_PIXELS * 8 + 2**20
 
 
 def _gunzip(data: bytes, path: Path) -> bytes:

@@ -245,12 +245,8 @@ class RunFolder:
         save_config(config, self.config_path)
 
     def status(self) -> dict:
-        if not self.status_path.exists():
-            return {}
-        try:
-            return json.loads(self.status_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise RunFolderError(f"{self.status_path}: unreadable ({exc})") from None
+        """status.json's record ({} when the run has none)."""
+        return _json_object(self.status_path)
 
     def update_status(self, drop: tuple[str, ...] = (), **fields) -> None:
         """Set `fields` in status.json (atomically), removing the keys in `drop`."""
@@ -279,12 +275,8 @@ class RunFolder:
         return existing
 
     def threshold_record(self) -> dict:
-        if not self.threshold_path.exists():
-            return {}
-        try:
-            return json.loads(self.threshold_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise RunFolderError(f"{self.threshold_path}: unreadable ({exc})") from None
+        """threshold.json's record ({} when the run has none)."""
+        return _json_object(self.threshold_path)
 
     def write_threshold_record(self, record: dict) -> None:
         write_text_atomic(self.threshold_path, json.dumps(record, indent=2) + "\n")
@@ -295,8 +287,6 @@ class RunFolder:
         record = self.threshold_record()
         if not record and not self.threshold_path.exists():
             return 0.5, "default 0.5 (the run has no threshold.json)"
-        if not isinstance(record, dict):
-            raise RunFolderError(f"{self.threshold_path}: expected a JSON object")
         plain = self._checked_threshold(record.get("threshold"), "threshold")
         if not setting:
             return plain, "validation"
@@ -329,6 +319,23 @@ class RunFolder:
             return None
         history = pd.read_csv(path)
         return float(history["val_dice"].max()) if "val_dice" in history and len(history) else None
+
+
+def _json_object(path: Path) -> dict:
+    """The JSON object in a run folder's file ({} when the file is missing): a file that is
+    empty, binary, not JSON or holds another JSON type (a list, a string, null) is a
+    RunFolderError naming it, never an AttributeError further on. UTF-8 with or without a
+    byte-order mark, as config.json."""
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(record, dict):
+        raise RunFolderError(f"{path}: expected a JSON object, found {type(record).__name__}; "
+                             f"the run folder is damaged")
+    return record
 
 
 def load_run_config(run: str | Path | RunFolder) -> tuple[RunFolder, TrainConfig]:

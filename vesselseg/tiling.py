@@ -25,11 +25,36 @@ def runs_whole_at(working_size: int, training_size: int, depth: int) -> bool:
             and working_size <= WHOLE_IMAGE_MAX_SCALE * training_size)
 
 
+#: Largest side of a working image (an 8192x8192 float RGB image is 805 MB): a typo such as
+#: --working-size 100000 or --scales 1e9 would ask for tens of gigabytes.
+MAX_WORKING_SIDE = 8192
+
+
+def check_working_side(side: float, what: str = "working_size") -> int:
+    """`side` as a whole number of pixels, or a ConfigError naming `what` when it is not finite,
+    not positive or above MAX_WORKING_SIDE (before any memory is asked for)."""
+    import math
+
+    from .errors import ConfigError
+
+    if not (isinstance(side, (int, float)) and math.isfinite(side) and 0 < side
+            <= MAX_WORKING_SIDE):
+        raise ConfigError(f"{what}: a working image of {side!r} pixels a side is not possible; "
+                          f"at most {MAX_WORKING_SIDE}")
+    return int(side)
+
+
 def scale_sizes(working_size: int, scales: tuple[float, ...], depth: int) -> list[int]:
     """The sides multi-scale inference runs at: each factor times the working size, rounded to
-    a side the U-Net's pooling divides."""
+    a side the U-Net's pooling divides (each checked by `check_working_side`)."""
     step = 2**depth
-    return [int(round(working_size * factor / step)) * step for factor in scales]
+    check_working_side(working_size)
+    sides = []
+    for factor in scales:
+        side = working_size * factor
+        check_working_side(side, f"scales: {factor:g} x working_size {working_size}")
+        sides.append(int(round(side / step)) * step)
+    return sides
 
 
 def tile_starts(length: int, tile: int, step: int) -> list[int]:

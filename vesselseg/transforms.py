@@ -101,7 +101,9 @@ def to_model_input(image: np.ndarray, fov: np.ndarray, config: PreprocessConfig,
     Gray inputs (green CLAHE) crop and resize the green channel alone: the same pixels as
     resizing all three and keeping green, for a third of the work.
     """
-    size = size or config.size
+    from .tiling import check_working_side
+
+    size = check_working_side(size or config.size)
     fov_small, box = model_fov(fov, config, size)
     source = image[..., 1] if config.gray else image
     resized = resize(crop(source, box), size, size)
