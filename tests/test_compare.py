@@ -50,3 +50,20 @@ def test_cli_prints_writes_and_plots(two_tested_runs, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main([str(two_tested_runs[0]), "--metrics", "f2"]) == 2
     assert main([str(tmp_path / "missing")]) == 1
+
+
+def test_plot_of_values_that_are_not_numbers_or_an_unknown_format(tiny_run, tmp_path, capsys):
+    """A summary.json whose pooled F1 is a string was a pandas ValueError traceback, one with no
+    metric drew an empty chart, and --plot x.xyz was matplotlib's ValueError."""
+    run = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("tests"))
+    (run / "tests" / "t").mkdir(parents=True)
+    summary = run / "tests" / "t" / "summary.json"
+    for pooled in ({"f1": "high"}, {}):
+        summary.write_text(json.dumps({"data": "d", "pooled": pooled}))
+        assert main([str(run), "--plot", str(tmp_path / "bars.png")]) == 1
+        assert "error: no test results to plot" in capsys.readouterr().err
+    assert not (tmp_path / "bars.png").exists()
+    summary.write_text(json.dumps({"data": "d", "pooled": {"f1": 0.5}}))
+    assert main([str(run), "--plot", str(tmp_path / "bars.xyz")]) == 2
+    assert "'xyz' is not a figure format" in capsys.readouterr().err
+    assert main([str(run), "--plot", str(tmp_path / "bars.PDF")]) == 0

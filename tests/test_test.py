@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -152,3 +153,54 @@ def test_overwrite_replaces_only_an_earlier_result_and_only_when_complete(
     assert main([*args[:4], "--out", str(other), "--overwrite"]) == 1
     assert "no earlier test result" in capsys.readouterr().err
     assert (other / "mine.txt").exists()
+
+
+@pytest.mark.parametrize("where", ["source", "inside-source", "photos"])
+def test_out_among_the_inputs_is_refused(where, tiny_run, tmp_path, capsys):
+    """`--out` equal to the raw --source with --overwrite (a summary.json there) used to replace
+    the whole dataset by the test result; --out inside the data mixed results with it."""
+    from vesselseg.datasets import write_synthetic_dataset
+
+    source = write_synthetic_dataset(tmp_path / "source", count=4, size=64, seed=1)
+    (source / "summary.json").write_text("{}")
+    before = sorted(str(p.relative_to(source)) for p in source.rglob("*"))
+    out = {"source": source, "inside-source": source / "results",
+           "photos": source / "images"}[where]
+    code = main(["--run", str(tiny_run), "--dataset", "folder", "--source", str(source),
+                 "--out", str(out), "--overwrite", "--no-images", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: --out" in err and "input folder" in err, err
+    assert sorted(str(p.relative_to(source)) for p in source.rglob("*")) == before
+
+
+def test_overwrite_replaces_only_a_folder_holding_a_test_result_alone(
+        tiny_run, synthetic_preprocessed, tmp_path, capsys):
+    """An eval's folder (its own summary.json) or a test result the user added notes to was
+    deleted whole by --overwrite; now it is refused, naming the file, and left unchanged."""
+    out = tmp_path / "result"
+    args = ["--run", str(tiny_run), "--data", str(synthetic_preprocessed), "--out", str(out),
+            "--no-images", "--no-morphology", "-q"]
+    assert main(args) == 0
+    (out / "my notes.txt").write_text("mine")
+    assert main([*args, "--overwrite"]) == 1
+    assert "holds 'my notes.txt', which vesselseg test did not write" in capsys.readouterr().err
+    assert (out / "my notes.txt").read_text() == "mine"
+    eval_out = tmp_path / "eval"
+    eval_out.mkdir()
+    (eval_out / "summary.json").write_text(json.dumps({"version": "x", "photos": 1}))
+    (eval_out / "results.csv").write_text("path,status\n")
+    assert main([*args[:4], "--out", str(eval_out), "--overwrite", "-q"]) == 1
+    assert "holds no earlier test result" in capsys.readouterr().err
+    assert sorted(p.name for p in eval_out.iterdir()) == ["results.csv", "summary.json"]
+
+
+def test_a_damaged_epoch_count_in_status_json_does_not_stop_a_test(
+        tiny_run, synthetic_preprocessed, tmp_path):
+    """status.json's epochs (the TensorBoard step) as a string or a huge number was a
+    ValueError traceback (int('many'), or TensorFlow's int64 overflow)."""
+    run = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("tests"))
+    status = json.loads((run / "status.json").read_text())
+    for epochs in ("many", 1e300):
+        (run / "status.json").write_text(json.dumps({**status, "epochs": epochs}))
+        assert main(["--run", str(run), "--data", str(synthetic_preprocessed), "--no-images",
+                     "--no-morphology", "-q"]) == 0

@@ -20,6 +20,8 @@ from .runs import RunFolder
 
 #: Pooled test metrics shown by default (any of evaluation.METRIC_NAMES with --metrics).
 DEFAULT_METRICS = ("f1", "auc_roc", "auc_pr", "sensitivity", "specificity", "cldice")
+#: The file types --plot can write (matplotlib's, without its backend-specific ones).
+FIGURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "tif", "tiff", "webp", "eps", "ps")
 #: Training facts from status.json.
 STATUS_KEYS = ("state", "epochs", "seconds", "threshold")
 
@@ -96,8 +98,10 @@ def plot_metrics(table: pd.DataFrame, path: str | Path) -> Path:
 
     from .plots import new_figure, save_figure
 
-    metric_rows = table[[":" in str(index) for index in table.index]].astype(float)
-    if metric_rows.empty:
+    # a value that is not a number (a hand-edited summary.json) is drawn as missing
+    metric_rows = table[[":" in str(index) for index in table.index]].apply(
+        pd.to_numeric, errors="coerce").astype(float)
+    if metric_rows.empty or metric_rows.isna().all().all():
         raise InputError("no test results to plot: run `vesselseg test` on the runs first")
     figure, (axis,) = new_figure(1, (max(6.0, 0.9 * len(metric_rows) * len(table.columns)), 4.5))
     width = 0.8 / len(table.columns)
@@ -143,6 +147,11 @@ def _main(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--metrics: unknown {', '.join(unknown)}; valid: "
                           f"{', '.join(METRIC_NAMES)}")
+    if args.plot:
+        suffix = Path(args.plot).suffix.lower().lstrip(".")
+        if suffix and suffix not in FIGURE_FORMATS:
+            raise ConfigError(f"--plot {args.plot}: {suffix!r} is not a figure format; use one "
+                              f"of {', '.join(FIGURE_FORMATS)}")
     table = compare_runs(args.runs, metrics, args.all_settings, args.tests_dir)
     for path in (args.out, args.plot):
         if path and Path(path).exists():

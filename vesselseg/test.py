@@ -14,6 +14,7 @@ command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -32,6 +33,7 @@ from .evaluation import METRIC_NAMES, PooledEvaluator, summary_rows
 from .fov import estimate_fov
 from .inference import Segmenter
 from .io import is_plain_name, read_image, read_mask, write_png, write_text_atomic
+from .locks import LOCK_NAME
 from .outputs import new_folder, replace_folder, write_probability
 from .plots import comparison_panel, roc_pr_curves
 from .runs import PRETRAINED_NAME, RunFolder
@@ -312,17 +314,71 @@ def _main(args: argparse.Namespace) -> int:
         data_label = f"{args.dataset}:{args.source}"
     segmenter = segmenter_from_args(args)
     run = RunFolder.named(args.run or PRETRAINED_NAME)
+    existed = bool(args.out) and Path(args.out).exists()
+    with contextlib.ExitStack() as held:
+        if args.out:  # one test per --out at a time, never among its inputs
+            from .locks import hold_folder
+            from .outputs import refuse_overlap
+
+            inputs = [Path(args.data or args.source), *input_folders(items)]
+            refuse_overlap(args.out, inputs, "input folder")
+            held.enter_context(hold_folder(args.out, command="test"))
+        return _test_into(args, items, data_label, segmenter, run, existed)
+
+
+def input_folders(items: list[TestItem]) -> list[Path]:
+    """The folders holding the photos, annotations and FOV masks of `items` (an --out there
+    would mix results with the data, and --overwrite could replace it)."""
+    files = [path for item in items for path in (item.image, item.annotation, item.fov) if path]
+    return sorted({path.parent for path in files})
+
+
+#: What a test result folder holds (summary.json, the tables, the curves, the per-image PNGs
+#: and TensorBoard logs): --overwrite replaces a folder holding nothing else.
+TEST_FILES = {"summary.json", "metrics.csv", "calibre.csv", "morphology.csv", "roc_pr.png"}
+TEST_IMAGE_FOLDERS = {"probabilities", "masks", "panels"}
+
+
+def check_earlier_result(out: Path) -> None:
+    """Raise unless `out` holds an earlier test result and nothing else (--overwrite deletes
+    the whole folder once the new result is complete): a folder with other files (an eval's
+    results, notes, the data itself) is refused, naming one of them."""
+    summary = out / "summary.json"
+    try:
+        record = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("protocol") != PROTOCOL:
+        raise VesselsegError(f"{out}: holds no earlier test result (a test's summary.json), so "
+                             f"--overwrite will not replace it; choose a new --out")
+    for path in sorted(out.iterdir()):
+        if path.name in TEST_FILES and path.is_file() or path.name == LOCK_NAME:
+            continue
+        if path.name == "tensorboard" and path.is_dir():
+            continue
+        if path.name in TEST_IMAGE_FOLDERS and path.is_dir():
+            other = next((inner for inner in sorted(path.iterdir())
+                          if not (inner.is_file() and inner.suffix == ".png")), None)
+            if other is None:
+                continue
+            path = other
+        raise VesselsegError(f"{out}: holds {path.name!r}, which vesselseg test did not write; "
+                             f"--overwrite replaces only a folder holding a test result alone: "
+                             f"move that file, or choose a new --out")
+
+
+def _test_into(args: argparse.Namespace, items: list[TestItem], data_label: str,
+               segmenter: Segmenter, run: RunFolder, existed: bool = False) -> int:
+    """The test into --out (or a new folder), `existed`: whether --out was there before."""
     final, created = None, True
     if args.out:
         out = Path(args.out)
-        created = not out.exists()
-        if out.exists() and any(out.iterdir()):
+        created = not existed
+        if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
             if not args.overwrite:
                 raise VesselsegError(f"{out}: output folder is not empty; pass --overwrite to "
                                      f"replace an earlier test result, or choose a new --out")
-            if not (out / "summary.json").exists():
-                raise VesselsegError(f"{out}: holds no earlier test result (summary.json), so "
-                                     f"--overwrite will not replace it; choose a new --out")
+            check_earlier_result(out)
             final, out, created = out, new_folder(out.parent, f".{out.name}.new"), True
     else:
         name = f"pretrained_{args.split}" if run.is_shipped else args.split
@@ -337,7 +393,7 @@ def _main(args: argparse.Namespace) -> int:
                           description={"data": data_label, "split": args.split,
                                        "run": str(run), "backend": args.backend},
                           morphology=not args.no_morphology, tensorboard=logdir,
-                          step=int(run.status().get("epochs", 0) or 0))
+                          step=_epochs(run.status()))
         if final is not None:  # the new result is complete: now it replaces the earlier one
             replace_folder(final, out)
             report.out = out = final
@@ -366,6 +422,15 @@ def _main(args: argparse.Namespace) -> int:
         print("by reference vessel width: " + "; ".join(widths))
     print(f"results: {report.out}")
     return _report_failures(report)
+
+
+def _epochs(status: dict) -> int:
+    """The run's trained epochs from status.json, as the TensorBoard step (0 when the record is
+    not a plausible count: a hand-edited or damaged status.json must not stop a test)."""
+    epochs = status.get("epochs", 0)
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)):
+        return 0
+    return int(epochs) if 0 <= epochs < 2**31 else 0
 
 
 def _report_failures(report: TestReport) -> int:
