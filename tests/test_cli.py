@@ -102,7 +102,7 @@ def test_the_console_script_is_installed():
 
 
 #: Commands with results worth printing as JSON (train and preprocess print a summary line).
-JSON_COMMANDS = ("calibrate", "test", "eval", "export", "compare")
+JSON_COMMANDS = ("calibrate", "test", "eval", "export", "inspect", "compare")
 
 
 @pytest.mark.parametrize("module", REFERENCE_COMMANDS)
