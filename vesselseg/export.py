@@ -283,6 +283,10 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, overwri
     size = export_size(config)
     target = Path(out) if out is not None else default_export_path(run, fmt, precision)
     _check_target(target, fmt, overwrite)
+    suffix = {"onnx": ".onnx", "tflite": ".tflite"}.get(fmt)
+    if suffix and target.suffix.lower() != suffix:
+        raise ExportError(f"{target}: name a {fmt} export *{suffix} (readers tell the format "
+                          f"by it)")
     if fmt == "onnx":
         for module in ("tf2onnx", "onnx", "onnxruntime"):
             _need(module, "ONNX export")

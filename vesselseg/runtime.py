@@ -35,12 +35,14 @@ def threshold_for(facts: dict, setting: str) -> tuple[float, str]:
     return float(facts.get("default_threshold", 0.5)), "validation"
 
 
-def load(path: str | Path, backend: str | None = None, **kwargs) -> Segmenter:
-    """The Segmenter of the export at `path` (format from the file; `backend`, when given, must
-    match it). kwargs as for Segmenter (tta, scales, threshold, working_size, batch_size...);
-    the threshold defaults to the one the run chose on validation images for that setting."""
+def load(path: str | Path, backend: str | None = None, fmt: str | None = None,
+         **kwargs) -> Segmenter:
+    """The Segmenter of the export at `path` (format `fmt`, default from the file; `backend`,
+    when given, must match it). kwargs as for Segmenter (tta, scales, threshold, working_size,
+    batch_size...); the threshold defaults to the one the run chose on validation images for
+    that setting."""
     path = Path(path)
-    fmt = export_format(path)
+    fmt = fmt or export_format(path)
     if backend is not None and backend not in ("keras", fmt):
         raise ConfigError(f"backend: {path} is a {fmt} export, not {backend}; pass "
                           f"--backend {fmt} or leave --backend out")
