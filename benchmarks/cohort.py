@@ -176,11 +176,10 @@ def train_small_run(folder: Path, size: int) -> Path:
 
 def path_list_memory(count: int) -> dict:
     """What eval holds per listed photo whatever the engine: the photo list read from a CSV
-    (with ids and pixel sizes) and the output names, measured as this process's resident memory
-    before and after (the photos need not exist: eval reads them one at a time later)."""
-    import gc
-
-    import psutil
+    (with ids and pixel sizes) and the output names. Timed once, then its Python allocations
+    counted by tracemalloc in a second pass (resident memory is too coarse inside a process
+    that has freed memory before). The photos need not exist: eval reads them one at a time."""
+    import tracemalloc
 
     from vesselseg.eval import collect_images, output_names
 
@@ -189,17 +188,20 @@ def path_list_memory(count: int) -> dict:
         table.write_text("id,path,pixel_size_um\n" + "".join(
             f"site{i % 50}/p{i:07d},photos/site{i % 50}/p{i:07d}.jpg,6.5\n"
             for i in range(count)))
-        process = psutil.Process()
-        gc.collect()
-        before, start = process.memory_info().rss, time.monotonic()
-        inputs = collect_images([table])
-        names = output_names(inputs, Path(tmp) / "out")
+        start = time.monotonic()
+        names = output_names(collect_images([table]), Path(tmp) / "out")
         seconds = time.monotonic() - start
-        gc.collect()
-        grown = process.memory_info().rss - before
+        del names
+        tracemalloc.start()
+        try:
+            inputs = collect_images([table])
+            names = output_names(inputs, Path(tmp) / "out")
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
         assert len(names) == count
-    return {"paths": count, "memory_mb": round(grown / 2**20), "bytes_per_photo":
-            round(grown / count), "seconds": round(seconds, 1)}
+    return {"paths": count, "memory_mb": round(held / 2**20), "bytes_per_photo":
+            round(held / count), "seconds": round(seconds, 1)}
 
 
 def markdown(results: dict, header: dict) -> str:

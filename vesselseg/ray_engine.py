@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, VesselsegError
 
 #: How often Ray retries a task whose actor died (killed, out of memory) before its photos
 #: become failed rows; dead actors are always restarted.
@@ -202,10 +202,12 @@ def segment_images(make_segmenter: Callable, inputs, out: str | Path, options: R
     finish), failures as rows, `resume` skipping photos with a row. `make_segmenter` is a
     picklable function returning the Segmenter (each actor calls it once)."""
     from .console import progress
-    from .eval import EvalResult, MorphologyOptions, start_results
+    from .eval import EvalResult, Inputs, MorphologyOptions, start_results
 
     morphology = morphology or MorphologyOptions()
     out = Path(out)
+    if not isinstance(inputs, Inputs):
+        inputs = Inputs(list(inputs), [], {})
     names, table, todo = start_results(inputs, out, overwrite, resume, morphology)
     results: list = []
     if not todo:
@@ -237,8 +239,16 @@ def segment_images(make_segmenter: Callable, inputs, out: str | Path, options: R
         dataset = _pipeline(ray, items, make_segmenter, out, table.columns, morphology,
                             options)
         rows = (json.loads(row["row"]) for row in dataset.iter_rows())
-        for row in progress(rows, total=len(todo), desc="eval", quiet=quiet):
-            record(row)
+        try:
+            for row in progress(rows, total=len(todo), desc="eval", quiet=quiet):
+                record(row)
+        except (VesselsegError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - Ray's own failure, e.g. no worker could start
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+            raise VesselsegError(f"Ray stopped the run ({type(exc).__name__}: {reason}); the "
+                                 f"{len(written)} finished row(s) are kept in {table.path}: fix "
+                                 f"the cause and rerun with --resume") from exc
     lost = [path for path in todo if str(path) not in written]
     for path in lost:  # tasks whose actor died RETRIES + 1 times: their photos failed
         from .eval import failed_row
