@@ -207,3 +207,33 @@ def test_a_bad_setting_on_the_command_line_leaves_no_run_folder(tmp_path, capsys
                  "--steps-per-epoch", "-3"]) == 2
     assert "steps_per_epoch: -3 must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"seed": -1}, "seed"),  # NumPy's seeding raised mid-run, after the run folder was made
+    ({"seed": 2**70}, "seed"),
+    ({"base_filters": 1_000_000}, "base_filters"),  # TensorFlow OOM traceback
+    ({"depth": 13}, "depth"),
+    ({"working_size": 1_000_000}, "working_size"),  # failed at the threshold, after training
+    ({"run_name": "a\nb"}, "run_name"),  # a folder name with a newline
+    ({"run_name": "x" * 300}, "run_name"),  # "File name too long" after checks
+    ({"preprocess": {"augment": 1_000_000_000}}, "preprocess.augment"),  # filled 22 GB
+    ({"preprocess": {"clahe_tiles": 1_000_000_000}}, "preprocess.clahe_tiles"),
+    ({"preprocess": {"size": 1_000_000}}, "preprocess.size"),
+    ({"preprocess": {"clahe_clip": float("inf")}}, "preprocess.clahe_clip"),
+    ({"preprocess": {"seed": -5}}, "preprocess.seed"),
+])
+def test_absurd_values_found_by_the_reliability_sweep_name_the_key(data, key):
+    message = config_error(TrainConfig, data)
+    assert message.startswith(f"{key}:"), message
+
+
+@pytest.mark.parametrize("text", ['{"epochs": 1' + "0" * 5000 + "}",
+                                  "[" * 100_000 + "]" * 100_000])
+def test_json_that_python_cannot_parse_is_a_config_error(text, tmp_path):
+    """A 5000-digit number (Python's int limit) or nesting 100000 deep (RecursionError) were
+    tracebacks from json.loads."""
+    path = tmp_path / "recipe.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="recipe.json: not valid JSON"):
+        load_config(TrainConfig, path)

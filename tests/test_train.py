@@ -20,6 +20,8 @@ from vesselseg.runs import RunFolder
 from vesselseg.train import (
     TrainingDiverged,
     build_callbacks,
+    build_parser,
+    config_from_args,
     main,
     train,
 )
@@ -625,3 +627,32 @@ def test_training_puts_the_global_dtype_policy_back(synthetic_preprocessed, tmp_
     train(tiny_config(synthetic_preprocessed, tmp_path, precision="bfloat16", epochs=1),
           progress=False)
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_a_recipe_saved_with_a_utf8_byte_order_mark_is_read(tmp_path):
+    """load_config accepts a BOM, but the flags' bookkeeping re-read the file as plain UTF-8: a
+    JSONDecodeError traceback."""
+    recipe = tmp_path / "recipe.json"
+    recipe.write_bytes(b"\xef\xbb\xbf" + json.dumps({"epochs": 3}).encode())
+    args = build_parser().parse_args(["--config", str(recipe), "--data", "d"])
+    assert config_from_args(args).epochs == 3
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--batch-size", "1000000000"], "batch_size: 1000000000 is too large"),  # never formed
+    (["--runs-dir", "{data}"], "is inside the data folder"),
+    (["--runs-dir", "{data}/runs"], "is inside the data folder"),
+])
+def test_impossible_batch_or_runs_among_the_data_are_refused_before_a_run_folder(
+        flags, fragment, synthetic_preprocessed, tmp_path, capsys):
+    """--batch-size 1000000000 spun for ever filling its first batch; a runs_dir inside the
+    preprocessed data put run folders among its files."""
+    before = sorted(p.name for p in synthetic_preprocessed.iterdir())
+    flags = [flag.format(data=synthetic_preprocessed) for flag in flags]
+    runs = ["--runs-dir", str(tmp_path / "runs")] if "--runs-dir" not in flags else []
+    code = main(["--data", str(synthetic_preprocessed), *runs, "--epochs", "1", "--base-filters",
+                 "4", "--depth", "2", "-q", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()
+    assert sorted(p.name for p in synthetic_preprocessed.iterdir()) == before

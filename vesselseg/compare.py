@@ -50,7 +50,7 @@ def latest_tests(run: RunFolder, tests_dir: str | Path = "artifacts/tests") -> d
             continue
         try:
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise InputError(f"{summary_path}: unreadable test summary ({exc})") from None
         if isinstance(summary, dict) and isinstance(summary.get("pooled"), dict):
             label = f"{summary.get('data', folder.name)} [{summary.get('split', 'test')}]"

@@ -18,6 +18,17 @@ from .errors import ConfigError
 from .io import is_plain_name, write_text_atomic
 
 ENHANCEMENTS = ("none", "clahe", "green_clahe")
+#: Largest model input / working side (an 8192x8192 float image is 805 MB; tiling's limit too).
+MAX_SIZE = 8192
+#: Widest and deepest networks accepted (the shipped model: 32 filters, depth 4): far beyond
+#: them a typo (--base-filters 1000000) asks for terabytes of weights.
+MAX_BASE_FILTERS, MAX_DEPTH = 512, 12
+#: Most offline augmented copies of a training image (--augment 1000000000 filled the memory).
+MAX_AUGMENT = 100
+#: Most CLAHE tiles a side (OpenCV allocates a histogram per tile).
+MAX_CLAHE_TILES = 256
+#: Run names become folder names: short enough for any file system, with the timestamp.
+MAX_RUN_NAME = 200
 PRECISIONS = ("auto", "float32", "bfloat16", "mixed_float16")
 LR_SCHEDULES = ("plateau", "cosine")
 KEEP_CHOICES = ("best", "last")  # which epoch's model a run keeps
@@ -55,16 +66,19 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if self.enhancement not in ENHANCEMENTS:
             raise ConfigError(f"enhancement: {self.enhancement!r} is not one of {ENHANCEMENTS}")
-        if self.size < 32 or self.size % 32:
-            raise ConfigError(f"size: {self.size} must be a multiple of 32 (and at least 32)")
+        if self.size < 32 or self.size % 32 or self.size > MAX_SIZE:
+            raise ConfigError(f"size: {self.size} must be a multiple of 32 from 32 to {MAX_SIZE}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction: {self.val_fraction} must be in [0, 1)")
-        if self.augment < 0:
-            raise ConfigError(f"augment: {self.augment} must be 0 or more")
-        if self.clahe_tiles < 1:
-            raise ConfigError(f"clahe_tiles: {self.clahe_tiles} must be at least 1")
-        if not self.clahe_clip > 0:
+        if not 0 <= self.augment <= MAX_AUGMENT:
+            raise ConfigError(f"augment: {self.augment} must be from 0 to {MAX_AUGMENT} (copies "
+                              f"of every training image, each written to disk)")
+        if not 1 <= self.clahe_tiles <= MAX_CLAHE_TILES:
+            raise ConfigError(f"clahe_tiles: {self.clahe_tiles} must be from 1 to "
+                              f"{MAX_CLAHE_TILES}")
+        if not (self.clahe_clip > 0 and math.isfinite(self.clahe_clip)):
             raise ConfigError(f"clahe_clip: {self.clahe_clip} must be positive")
+        _check_seed(self.seed)
 
 
 @dataclass
@@ -175,6 +189,12 @@ class TrainConfig:
                      "early_stopping_patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name, most in (("base_filters", MAX_BASE_FILTERS), ("depth", MAX_DEPTH),
+                           ("working_size", MAX_SIZE)):
+            if getattr(self, name) > most:
+                raise ConfigError(f"{name}: {getattr(self, name)} is more than the {most} "
+                                  f"accepted")
+        _check_seed(self.seed)
         _check_ranges(self, {"steps_per_epoch": (0, None), "budget_minutes": (0, None),
                              "dropout": (0, 0.95), "focal_alpha": (0, 1), "focal_gamma": (0, None),
                              "loss_balance": (0, 1)})
@@ -183,9 +203,11 @@ class TrainConfig:
         if not 0 < self.min_learning_rate <= self.learning_rate:
             raise ConfigError(f"min_learning_rate: {self.min_learning_rate} must be positive and "
                               f"at most learning_rate ({self.learning_rate})")
-        if not is_plain_name(self.run_name):
-            raise ConfigError(f"run_name: {self.run_name!r} must be a plain name (no folder "
-                              f"separators): it names a folder inside runs_dir")
+        if (not is_plain_name(self.run_name) or len(self.run_name) > MAX_RUN_NAME
+                or not self.run_name.isprintable()):
+            raise ConfigError(f"run_name: {self.run_name[:MAX_RUN_NAME + 10]!r} must be a plain "
+                              f"name (no folder separators or control characters, at most "
+                              f"{MAX_RUN_NAME} characters): it names a folder inside runs_dir")
 
 
 def _check_ranges(config, ranges: dict[str, tuple[float | None, float | None]]) -> None:
@@ -197,6 +219,12 @@ def _check_ranges(config, ranges: dict[str, tuple[float | None, float | None]]) 
             bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
             raise ConfigError(f"{name}: {value} must be {'in ' if high is not None else ''}"
                               f"{bounds}")
+
+
+def _check_seed(seed: int) -> None:
+    """NumPy and TensorFlow take seeds in [0, 2**32): -1 or 2**70 were tracebacks mid-run."""
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"seed: {seed} must be in [0, {2**32 - 1}]")
 
 
 T = TypeVar("T")
@@ -288,6 +316,10 @@ def find_recipe(name: str | Path, folders: tuple[Path, ...] = (RECIPES_DIR,)) ->
                       f"{', '.join(recipe_names(folders))}) and no such file")
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
 def load_config(cls: type[T], path: str | Path) -> T:
     """Reload a config saved with save_config (or written by hand).
 
@@ -312,8 +344,8 @@ def load_config(cls: type[T], path: str | Path) -> T:
                           f"{exc.start}); {save_as}") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # also a 5000-digit number, [[[... 100000 deep
+        raise ConfigError(f"{path}: not valid JSON ({_first_line(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level")
     try:

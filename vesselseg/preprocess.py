@@ -180,7 +180,7 @@ def _read_settings(path: Path) -> dict | None:
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise DatasetError(f"{path}: unreadable ({exc}); pass --overwrite to redo the folder") \
             from None
 

@@ -330,7 +330,7 @@ def _json_object(path: Path) -> dict:
         return {}
     try:
         record = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise RunFolderError(f"{path}: unreadable ({exc})") from None
     if not isinstance(record, dict):
         raise RunFolderError(f"{path}: expected a JSON object, found {type(record).__name__}; "

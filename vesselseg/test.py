@@ -346,7 +346,7 @@ def check_earlier_result(out: Path) -> None:
     summary = out / "summary.json"
     try:
         record = json.loads(summary.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         record = None
     if not isinstance(record, dict) or record.get("protocol") != PROTOCOL:
         raise VesselsegError(f"{out}: holds no earlier test result (a test's summary.json), so "

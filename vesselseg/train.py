@@ -125,6 +125,25 @@ def check_preprocessing(asked: PreprocessConfig, used: PreprocessConfig, folder:
                       f"{' with ' + flags if flags else ' with matching settings'}")
 
 
+#: A batch may repeat each training image at most this many times (a tiny set with a few
+#: images is fine; --batch-size 1000000000 is a typo that would never form its first batch).
+MAX_BATCH_REPEATS = 4
+#: Most bytes one batch of training views may take (float32 images and targets).
+MAX_BATCH_BYTES = 8 * 2**30
+
+
+def check_batch_size(batch_size: int, images: int, side: int, folders: list[str]) -> None:
+    """Refuse a batch size that could not be trained: many times the training images (the
+    stream repeats them to fill each batch, for ever with a huge one), or a batch whose views
+    alone exceed MAX_BATCH_BYTES; before any run folder is made."""
+    batch_bytes = batch_size * side * side * 5 * 4  # RGB + vessels + FOV, float32
+    if batch_size > MAX_BATCH_REPEATS * max(images, 1) or batch_bytes > MAX_BATCH_BYTES:
+        raise ConfigError(f"batch_size: {batch_size} is too large for the {images} training "
+                          f"images of {side}x{side} in {', '.join(folders)} (at most "
+                          f"{MAX_BATCH_REPEATS} x the training images and "
+                          f"{MAX_BATCH_BYTES // 2**30} GB a batch); use at most {max(images, 1)}")
+
+
 def train(config: TrainConfig, devices: list[str] | None = None, progress: bool = True,
           callbacks: list | None = None) -> TrainResult:
     """Train according to `config` (or resume its unfinished run); returns a `TrainResult`
@@ -178,6 +197,12 @@ def _train(config: TrainConfig, devices: list[str] | None, progress: bool,
     init_weights = checked_init_weights(config) if config.init_from else None
     manifest = merged_manifest(folders)
     train_rows, val_rows = split_rows(manifest, "train"), split_rows(manifest, "val")
+    check_batch_size(config.batch_size, len(train_rows), side, folders)
+    runs_dir = Path(config.runs_dir).resolve()
+    for folder in folders:  # run folders among the data would be read back as its files
+        if runs_dir == Path(folder).resolve() or Path(folder).resolve() in runs_dir.parents:
+            raise ConfigError(f"runs_dir: {config.runs_dir} is inside the data folder {folder}; "
+                              f"keep runs outside the preprocessed data")
     if config.soft_labels and labels_are_binary(train_rows):
         print(f"warning: soft_labels: the vessel masks in {', '.join(folders)} hold only 0 and "
               f"255 (preprocessed before vesselseg kept the coverage, or never resized), so "
@@ -358,7 +383,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config:
         path = find_recipe(args.config)
         config = load_config(TrainConfig, path)
-        raw = json.loads(path.read_text(encoding="utf-8"))  # valid: load_config read it
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))  # valid: load_config read it
         explicit.update({key: f"set by the recipe {path}" for key in raw})
         if isinstance(raw.get("preprocess"), dict):
             explicit.update({f"preprocess.{key}": f"set by the recipe {path}"
