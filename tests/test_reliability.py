@@ -30,9 +30,17 @@ Every failing case checks the same four promises:
 | HDR bomb named .png, 8x2000 photo, multi-page TIFF | preprocess, eval | test_reader_guards_* |
 | --out equal to, inside or containing --source | preprocess | test_out_overlaps_source_* |
 | --overwrite meets a broken photo half-way | preprocess | test_overwrite_failure_keeps_* |
-| eval --overwrite interrupted, all failed, or over files eval did not write | eval | test_eval.py (overwrite_*) |
+| eval --overwrite interrupted, all failed, over foreign files | eval | test_eval.py (overwrite_*) |
 | malformed, empty, binary or duplicate-id manifest | train | test_bad_manifest_train |
 | config file in UTF-16 or other non-UTF-8 bytes | train | test_train_config_not_utf8 |
+| FIFO / device named like an image, oversized file | reader | test_io.py (fifo, larger_than) |
+| --working-size 100000, --scales 1e9 / nan / inf | eval, test | test_tiling.py (impossible) |
+| status.json / threshold.json a list, string, null; BOM | all | test_runs.py (json_type, bom) |
+| test --out among its inputs; --overwrite over other files | test | test_test.py (among, alone) |
+| damaged epoch count in status.json | test | test_test.py (damaged_epoch) |
+| compare --plot: non-numeric metrics, unknown suffix | compare | test_compare.py (not_numbers) |
+| absurd settings (seed, base_filters, augment...), bad JSON | train, preprocess | test_config.py |
+| recipe with a BOM; batch 10**9; runs_dir inside the data | train | test_train.py (impossible) |
 
 Commands run in-process through their `main([...])` (exit code + capsys), never in subprocesses,
 except where the existing tests already do it (see the comments on the SIGKILL row).
