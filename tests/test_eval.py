@@ -530,3 +530,11 @@ def test_a_killed_cohort_of_300_photos_resumes_with_every_photo_once(tiny_run, t
     assert sorted(p.name for p in out.glob("*_mask.png")) == [
         f"p{index:03d}_mask.png" for index in range(count)]
     assert len(list(out.glob("*.png"))) == 3 * count and not list(out.rglob(".*.part"))
+
+
+
+def test_an_out_that_is_a_file_is_a_usage_error(photos, tmp_path, capsys):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine")
+    assert main([str(photos / "retina.jpg"), "--out", str(afile)]) == 2
+    assert "is not a folder" in capsys.readouterr().err and afile.read_text() == "mine"

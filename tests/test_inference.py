@@ -92,7 +92,7 @@ def test_parse_scales(text, expected):
     assert parse_scales(text) == (expected or MULTI_SCALES)
 
 
-@pytest.mark.parametrize("text", ["", "0.5,1", "1,1", "big"])
+@pytest.mark.parametrize("text", ["", "0.5,1", "1,1", "big", "nan", "1,inf", "1e9"])
 def test_parse_scales_rejects_bad_lists(text):
     from vesselseg.errors import ConfigError
     from vesselseg.inference import parse_scales
@@ -455,3 +455,12 @@ def test_a_call_outside_the_main_thread_or_without_ctrl_c_is_plain():
     with pytest.raises(ZeroDivisionError):
         call_interruptibly(lambda: 1 / 0)
     assert not MODEL_CALL_ABANDONED.is_set()
+
+
+
+def test_an_impossible_working_size_is_a_setting_error_before_any_photo():
+    """--working-size 100000 failed every photo with OpenCV's allocation error (exit 3)."""
+    from vesselseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="working_size"):
+        Segmenter(None, PreprocessConfig(size=64), working_size=100_000)

@@ -484,6 +484,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError("--resume continues an earlier eval and --overwrite replaces it: "
                           "pass one of them")
     out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
     if out is not None:
         refuse_overlap(out, [Path(p) for p in args.inputs if Path(p).is_dir()], "input folder")
     for path, reason in inputs.skipped:

@@ -28,7 +28,14 @@ from .errors import ConfigError, ModelLoadError, VesselsegError
 from .fov import estimate_fov
 from .io import read_image
 from .runs import PRETRAINED_NAME, RunFolder
-from .tiling import average_flips, export_side, predict_tiled, runs_whole_at, scale_sizes
+from .tiling import (
+    average_flips,
+    check_working_side,
+    export_side,
+    predict_tiled,
+    runs_whole_at,
+    scale_sizes,
+)
 from .transforms import Geometry, to_model_input, to_native
 
 #: Compute precisions a Keras model can be run in (Segmenter.from_run(precision=...)); "auto"
@@ -51,7 +58,10 @@ def parse_scales(text: str) -> tuple[float, ...]:
     except ValueError:
         raise ConfigError(f"scales: {text!r} is not a comma-separated list of numbers "
                           f"(e.g. 1,1.25) or 'multi'") from None
-    if not scales or min(scales) < 1.0 or len(set(scales)) != len(scales):
+    if not all(1.0 <= scale <= 16.0 for scale in scales):  # NaN, inf and 1e9 too
+        raise ConfigError(f"scales: {text!r} must list factors from 1 to 16 (1 = the working "
+                          f"size itself)")
+    if not scales or len(set(scales)) != len(scales):
         raise ConfigError(f"scales: {text!r} must list distinct factors >= 1 (1 = the working "
                           f"size itself)")
     return scales
@@ -110,7 +120,7 @@ class Segmenter:
         self.threshold = float(threshold)
         self.tta = tta
         self.depth = depth  # the U-Net's pooling steps: whole inputs must divide by 2**depth
-        self.working_size = working_size or preprocess.size
+        self.working_size = check_working_side(working_size or preprocess.size)
         if self.working_size < preprocess.size:
             raise ConfigError(f"working_size: {self.working_size} is smaller than the model's "
                               f"input size {preprocess.size}")

@@ -391,7 +391,7 @@ def _test_into(args: argparse.Namespace, items: list[TestItem], data_label: str,
         report = run_test(segmenter, items, out, save_images=not args.no_images,
                           progress=not (args.quiet or args.json),
                           description={"data": data_label, "split": args.split,
-                                       "run": str(run), "backend": args.backend},
+                                       "run": str(run), "backend": segmenter.backend},
                           morphology=not args.no_morphology, tensorboard=logdir,
                           step=_epochs(run.status()))
         if final is not None:  # the new result is complete: now it replaces the earlier one
