@@ -87,6 +87,7 @@ def measure(command: list[str], table: Path, photos: int) -> dict:
     peak_rss = peak_pss = 0.0
     cpu: dict[int, float] = {}
     first = last = None
+    cpu_at_first = 0.0
     rows_at_first = rows = 0
     errors: list[bytes] = []
     reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
@@ -96,7 +97,7 @@ def measure(command: list[str], table: Path, photos: int) -> dict:
         peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         now, count = time.monotonic(), _rows(table)
         if count and first is None:
-            first, rows_at_first = now, count
+            first, rows_at_first, cpu_at_first = now, count, sum(cpu.values())
         if count != rows:
             rows, last = count, now
         time.sleep(SAMPLE_SECONDS)
@@ -109,6 +110,10 @@ def measure(command: list[str], table: Path, photos: int) -> dict:
                          f"{photos} rows): {b''.join(errors).decode(errors='replace')[-2000:]}")
     steady = ((rows - rows_at_first) / (last - first)
               if first is not None and last is not None and last > first else None)
+    # CPU per photo after the first row (start-up excluded): robust to other jobs on the
+    # machine, and what one worker with a core to itself would need per photo
+    cpu_per_photo = ((sum(cpu.values()) - cpu_at_first) / (rows - rows_at_first)
+                     if first is not None and rows > rows_at_first else None)
     return {"photos": rows, "wall_s": round(wall, 1), "photos_per_s": steady and round(steady, 2),
             "photos_per_s_with_startup": round(rows / wall, 2),
             "seconds_to_first_row": round((first or wall) - start, 1),
@@ -116,6 +121,7 @@ def measure(command: list[str], table: Path, photos: int) -> dict:
             # CPU seconds of the command's processes (as last sampled) and of everything else
             # on the machine meanwhile: figures taken beside another busy job are not clean
             "cpu_s": round(sum(cpu.values()), 1),
+            "cpu_s_per_photo": cpu_per_photo and round(cpu_per_photo, 4),
             "other_cpu_s": round(max(0.0, busy - sum(cpu.values())), 1)}
 
 
@@ -210,14 +216,15 @@ def markdown(results: dict, header: dict) -> str:
              "",
              "| engine | photos/s (steady) | photos/s (with start-up) | first row (s) | "
              "wall (s) | peak RSS, all processes (GB) | peak PSS, all processes (GB) | "
-             "CPU s (other processes) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "CPU s (other processes) | CPU s per photo |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, figures in results.items():
         lines.append(f"| {name} | {figures['photos_per_s']} | "
                      f"{figures['photos_per_s_with_startup']} | "
                      f"{figures['seconds_to_first_row']} | {figures['wall_s']} | "
                      f"{figures['peak_rss_gb']} | {figures['peak_pss_gb']} | "
-                     f"{figures['cpu_s']} ({figures['other_cpu_s']}) |")
+                     f"{figures['cpu_s']} ({figures['other_cpu_s']}) | "
+                     f"{figures['cpu_s_per_photo']} |")
     return "\n".join(lines) + "\n"
 
 
