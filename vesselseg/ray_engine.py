@@ -268,14 +268,16 @@ def _pipeline(ray, items: list[dict], make_segmenter: Callable, out: Path, colum
     context.enable_auto_log_stats = False
     # a task whose actor died RETRIES + 1 times is skipped (its photos become failed rows),
     # not the end of the whole run
-    context.max_errored_blocks = max(1, math.ceil(len(items) / TASK_PHOTOS))
-    dataset = ray.data.from_items(items, override_num_blocks=max(
-        1, min(len(items), math.ceil(len(items) / TASK_PHOTOS))))
+    # tasks of TASK_PHOTOS, fewer when there are few photos, so that every worker gets some
+    per_task = max(1, min(TASK_PHOTOS, math.ceil(len(items) / options.workers)))
+    blocks = math.ceil(len(items) / per_task)
+    context.max_errored_blocks = blocks
+    dataset = ray.data.from_items(items, override_num_blocks=blocks)
     threads = _threads(options)
     with warnings.catch_warnings():  # max_restarts / max_task_retries have no named option
         warnings.simplefilter("ignore")
         return dataset.map_batches(
-            PhotoWorker, batch_size=TASK_PHOTOS, batch_format="numpy",
+            PhotoWorker, batch_size=per_task, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=options.workers),
             fn_constructor_kwargs={"make_segmenter": make_segmenter, "out": str(out),
                                    "columns": list(columns), "morphology": morphology,
