@@ -129,8 +129,8 @@ def host_seconds_per_photo(segmenter, drive: Path) -> dict[str, float]:
     and write the three outputs); "total" is their sum. On a machine whose cores the model
     already fills, this work cannot hide behind it: it bounds the end-to-end/model-only ratio.
     The model's real maps are computed first, untimed, so the PNGs compress what eval writes."""
-    from vesselseg.eval import OUTPUT_KINDS, _write_outputs
     from vesselseg.io import read_image
+    from vesselseg.photo_outputs import OUTPUT_KINDS, _write_outputs
 
     images = sorted((drive / "test" / "images").iterdir())
     maps = [segmenter.predict_prepared(segmenter.prepare(read_image(path))[0][None])[0]

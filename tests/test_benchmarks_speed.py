@@ -68,7 +68,7 @@ def test_eval_host_work_is_timed_by_stage_on_the_models_real_maps(tiny_run, synt
     import shutil
 
     from benchmarks.speed import HOST_STAGES, host_seconds_per_photo
-    from vesselseg import eval as eval_module
+    from vesselseg import photo_outputs as eval_module
     from vesselseg.inference import Segmenter
     from vesselseg.io import read_image
 

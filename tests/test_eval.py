@@ -116,7 +116,7 @@ def test_overwrite_swaps_in_the_new_eval_only_once_it_is_complete(tiny_run, phot
                                                                    monkeypatch, capsys):
     """A Ctrl-C half-way through `--overwrite` leaves the earlier eval whole (it used to be
     replaced photo by photo, its results.csv restarted); a finished one replaces it whole."""
-    import vesselseg.eval as eval_module
+    import vesselseg.photo_outputs as eval_module
 
     folder = _folder_of_photos(tmp_path / "in", photos, 3)
     out = tmp_path / "out"

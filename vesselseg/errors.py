@@ -54,3 +54,15 @@ class RunFolderError(ModelLoadError):
 
 class ModelFileError(ModelLoadError):
     """A model file is missing, unsafe (carries code) or not a vesselseg model."""
+
+
+class ExportError(ModelFileError):
+    """A model could not be exported, loaded from an export, or the export is not faithful."""
+
+
+class ExportExistsError(ExportError):
+    """The target of an export already exists and overwriting was not asked for."""
+
+
+class ExportVerificationError(ExportError):
+    """The exported model's probabilities differ too much from the Keras model's."""

@@ -56,7 +56,12 @@ from .backends import (
     need_module,
 )
 from .cli import run_cli
-from .errors import ModelFileError
+from .errors import (  # defined beside the other errors: quantize raises them too
+    ExportError,
+    ExportExistsError,
+    ExportVerificationError,
+    ModelFileError,
+)
 from .runs import RunFolder
 
 FORMATS = tuple(RunFolder.EXPORT_NAMES)
@@ -65,18 +70,6 @@ PRECISIONS = ("float32", "int8")
 DEFAULT_OPSET = 17
 TOLERANCE = 1e-3
 INSTALL_HINT = EXPORT_INSTALL_HINT
-
-
-class ExportError(ModelFileError):
-    """A model could not be exported, loaded from an export, or the export is not faithful."""
-
-
-class ExportExistsError(ExportError):
-    """The target of an export already exists and overwriting was not asked for."""
-
-
-class ExportVerificationError(ExportError):
-    """The exported model's probabilities differ too much from the Keras model's."""
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 
 from .backends import KerasRunner, check_backend, exported_runner, inference_model
 from .config import PreprocessConfig
-from .errors import ConfigError, ModelLoadError, VesselsegError
+from .errors import ConfigError, ModelFileError, ModelLoadError, VesselsegError
 from .fov import estimate_fov
 from .io import read_image
 from .runs import PRETRAINED_NAME, RunFolder
@@ -202,13 +202,49 @@ class Segmenter:
         return segmenter
 
     @classmethod
-    def from_export(cls, path: str | Path, **kwargs) -> Segmenter:
+    def from_export(cls, path: str | Path, backend: str | None = None, fmt: str | None = None,
+                    **kwargs) -> Segmenter:
         """The Segmenter of a self-describing export (.onnx, .tflite, SavedModel folder) at any
         path: preprocessing, working size, tiling and thresholds come from the file itself
-        (`runtime.load`; ONNX and TFLite need no TensorFlow)."""
-        from .runtime import load
+        (`vesselseg.runtime.load` is the same call; ONNX and TFLite need no TensorFlow). The
+        format is `fmt`, default from the file; `backend`, when given, must match it. kwargs as
+        for Segmenter (tta, scales, threshold, working_size, batch_size...); the threshold
+        defaults to the one the run chose on validation images for that setting."""
+        from .backends import load_runner
+        from .config import from_dict
+        from .metadata import export_format, read_metadata, threshold_for
 
-        return load(path, **kwargs)
+        path = Path(path)
+        fmt = fmt or export_format(path)
+        if backend is not None and backend not in ("keras", fmt):
+            raise ConfigError(f"backend: {path} is a {fmt} export, not {backend}; pass "
+                              f"--backend {fmt} or leave --backend out")
+        runner = load_runner(fmt, path)
+        facts = read_metadata(path, fmt, session=getattr(runner, "session", None))
+        try:
+            preprocess = from_dict(PreprocessConfig, facts["preprocess"])
+            tiling = facts["tiling"]
+            working = int(facts["working_size"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: its vesselseg metadata is incomplete "
+                                 f"({exc})") from None
+        if kwargs.get("working_size") is None:
+            kwargs["working_size"] = working
+        kwargs.setdefault("tile_overlap", int(tiling.get("overlap", 64)))
+        threshold = kwargs.pop("threshold", None)
+        source = "given"
+        if threshold is None:
+            setting = setting_key(kwargs.get("tta", False), tuple(kwargs.get("scales", (1.0,))))
+            threshold, source = threshold_for(facts, setting)
+        runner.precision = str(facts.get("precision", "float32"))
+        segmenter = cls(None, preprocess, threshold=threshold, source=str(path), runner=runner,
+                        backend=fmt, depth=int(tiling.get("depth", 4)), **kwargs)
+        segmenter.threshold_source = source
+        model = facts.get("model") or {}
+        segmenter.model_name = str(model.get("name", ""))
+        segmenter.model_version = str(model.get("version", ""))
+        segmenter.metadata = facts
+        return segmenter
 
     @classmethod
     def pretrained(cls, **kwargs) -> Segmenter:

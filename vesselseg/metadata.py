@@ -160,10 +160,13 @@ def read_onnx_metadata(path: Path, session=None) -> str | None:
     if session is None:
         try:
             import onnx
-        except ImportError:
-            from .backends import OnnxRunner
+        except ImportError:  # a runtime-only install: ONNX Runtime reads it too
+            import onnxruntime as ort
 
-            session = OnnxRunner(path).session
+            try:
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
+                raise ModelFileError(f"{path}: not a loadable ONNX model ({exc})") from None
         else:
             try:
                 model = onnx.load(str(path), load_external_data=False)
@@ -245,3 +248,16 @@ def read_metadata(path: str | Path, fmt: str | None = None, session=None) -> dic
         raise ModelFileError(f"{path}: metadata schema {facts['schema']} is newer than this "
                              f"vesselseg reads ({SCHEMA}); upgrade vesselseg")
     return facts
+
+
+def threshold_for(facts: dict, setting: str) -> tuple[float, str]:
+    """(threshold, source) of an inference setting from an export's record, with the same
+    fallbacks as a run folder (`RunFolder.threshold`)."""
+    thresholds = facts.get("thresholds") or {}
+    if not thresholds:
+        return 0.5, "default 0.5 (the run had no threshold.json)"
+    if setting in thresholds:
+        return float(thresholds[setting]), "validation"
+    if setting and PLAIN in thresholds:
+        return float(thresholds[PLAIN]), "validation, plain setting"
+    return float(facts.get("default_threshold", 0.5)), "validation"

@@ -174,7 +174,7 @@ def quantize_export(float_export: Path, target: Path, photos: list[Path], items:
     """Quantise the (self-describing) float32 ONNX export into `target`, then measure both on
     `items`; raises ExportVerificationError when the pooled F1 moves by more than `bar`.
     Returns the figures, which the int8 export records."""
-    from .export import ExportVerificationError
+    from .errors import ExportVerificationError
     from .runtime import load
 
     floating = load(float_export, fmt="onnx")

@@ -157,8 +157,8 @@ class PhotoWorker:
             warm_up()
 
     def __call__(self, batch: dict) -> dict:
-        from .eval import finish_photo
         from .io import read_image
+        from .photo_outputs import finish_photo
 
         images = [str(x) for x in batch["image"]]
         outputs = {key: json.loads(str(names)) for key, names in zip(images, batch["outputs"])}
@@ -202,7 +202,7 @@ def segment_images(make_segmenter: Callable, inputs, out: str | Path, options: R
     finish), failures as rows, `resume` skipping photos with a row. `make_segmenter` is a
     picklable function returning the Segmenter (each actor calls it once)."""
     from .console import progress
-    from .eval import EvalResult, Inputs, MorphologyOptions, start_results
+    from .photo_outputs import EvalResult, Inputs, MorphologyOptions, start_results
 
     morphology = morphology or MorphologyOptions()
     out = Path(out)
@@ -251,7 +251,7 @@ def segment_images(make_segmenter: Callable, inputs, out: str | Path, options: R
                                  f"the cause and rerun with --resume") from exc
     lost = [path for path in todo if str(path) not in written]
     for path in lost:  # tasks whose actor died RETRIES + 1 times: their photos failed
-        from .eval import failed_row
+        from .photo_outputs import failed_row
 
         record(failed_row(path, table.columns, inputs, f"{path}: the Ray worker segmenting it "
                                                       f"died {RETRIES + 1} times (out of "
