@@ -337,26 +337,32 @@ def test_resume_does_only_the_rest_and_cuts_a_torn_row(tiny_run, photos, tmp_pat
     assert (out / "p000_mask.png").stat().st_mtime_ns == before  # not redone
 
 
+def _kill_after_rows(command: list[str], table, rows: int) -> None:
+    """Start `command` and SIGKILL it once `table` holds at least `rows` data rows."""
+    import signal
+    import time
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if table.exists() and table.read_text().count("\n") > rows:  # header + rows
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "eval finished before it could be killed"
+
+
 def test_a_killed_eval_resumes_with_every_photo_once(tiny_run, photos, tmp_path):
     """SIGKILL mid-folder: the finished rows stay, the rerun adds the rest, nothing twice and
     no half-written file."""
-    import signal
-    import time
 
     folder = _folder_of_photos(tmp_path / "in", photos, 16)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "vesselseg.eval", str(folder), "--run", str(tiny_run),
                "--out", str(out), "-q", "--batch-size", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     table = out / "results.csv"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if table.exists() and table.read_text().count("\n") >= 4:  # header + 3 rows
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "eval finished before it could be killed"
+    _kill_after_rows(command, table, 3)
     kept = pd.read_csv(table)
     assert 3 <= len(kept) < 16
     assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
@@ -495,8 +501,6 @@ def test_a_bad_csv_stops_eval_naming_the_file_and_line(tmp_path, capsys):
 def test_a_killed_cohort_of_300_photos_resumes_with_every_photo_once(tiny_run, tmp_path):
     """SIGKILL a CSV run of 300 small photos part-way, then --resume: every photo has exactly
     one complete row, in the CSV's order, and every photo its three PNGs."""
-    import signal
-    import time
 
     from vesselseg.datasets import generate_fundus
     from vesselseg.io import write_png
@@ -511,15 +515,8 @@ def test_a_killed_cohort_of_300_photos_resumes_with_every_photo_once(tiny_run, t
     out = tmp_path / "out"
     command = [sys.executable, "-m", "vesselseg.eval", str(tmp_path / "cohort.csv"), "--run",
                str(tiny_run), "--out", str(out), "-q", "--no-morphology"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    table, deadline = out / "results.csv", time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if table.exists() and table.read_text().count("\n") > 40:  # header + 40 rows
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "eval finished before it could be killed"
+    table = out / "results.csv"
+    _kill_after_rows(command, table, 40)
     kept = pd.read_csv(table)
     assert 40 <= len(kept) < count
     assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
